@@ -1,0 +1,44 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Each builds .venv if missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+DEMO_CUSTOMERS ?= 20000
+
+.PHONY: install demo test lint bench clean help
+
+help:
+	@echo "make demo     generate a synthetic base and run the whole job end to end"
+	@echo "make test     run the whole test suite (what CI runs)"
+	@echo "make install  build .venv with every extra"
+	@echo "make lint     ruff + mypy"
+	@echo "make bench    run the benchmarks in benchmarks/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+# One environment with every extra (spark, bench, dev), pinned by constraints.txt.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[spark,bench,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/crmscore generate --customers $(DEMO_CUSTOMERS) --seed 1 --out $(DEMO_DIR)/base
+	$(BIN)/crmscore validate --base $(DEMO_DIR)/base --as-of 2025-01-01
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy serving
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/generate.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Features: the data contract, validation, generators and point-in-time snapshots."""

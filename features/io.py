@@ -1,0 +1,127 @@
+"""Reading and writing bases and frames: the file-system edge of ``crmscore.features``.
+
+Everything here moves bytes; checking them against the contract is ``validate.py``'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crmscore.features.schema import FILE_SUFFIXES, TABLES
+
+
+ARROW_STRINGS = {
+    pa.string(): pd.StringDtype("pyarrow"),
+    pa.large_string(): pd.StringDtype("pyarrow"),
+}
+
+
+class BaseNotFoundError(FileNotFoundError):
+    """A base folder, or a required table in it, does not exist."""
+
+
+def find_table_file(base_path: Path, table: str) -> Path | None:
+    """Return the file holding ``table`` in the base folder, or None when it has none.
+
+    Parquet wins over CSV when both exist, so a converted base is read in its fast form.
+    """
+    for suffix in FILE_SUFFIXES:
+        candidate = Path(base_path) / f"{table}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_table_raw(path: Path) -> pd.DataFrame:
+    """Read one table file as it is, without coercing types.
+
+    CSV columns are read as text so that validation can report unparseable values
+    by row instead of pandas guessing a type and losing them.
+    """
+    path = Path(path)
+    if path.suffix == ".parquet":
+        # Text comes back Arrow-backed, the dtype the rest of the package works with.
+        return pq.read_table(path).to_pandas(types_mapper=ARROW_STRINGS.get)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    raise ValueError(f"unsupported table file {path}: expected one of {', '.join(FILE_SUFFIXES)}")
+
+
+def read_base_raw(base_path: Path) -> dict[str, pd.DataFrame]:
+    """Read every table of the contract present in ``base_path``, raw.
+
+    Raises
+    ------
+    BaseNotFoundError
+        If the folder does not exist or a required table is missing.
+    """
+    base_path = Path(base_path)
+    if not base_path.is_dir():
+        raise BaseNotFoundError(f"base folder {base_path} does not exist")
+    frames: dict[str, pd.DataFrame] = {}
+    missing = []
+    for name, table in TABLES.items():
+        path = find_table_file(base_path, name)
+        if path is None:
+            if table.required:
+                missing.append(name)
+            continue
+        frames[name] = read_table_raw(path)
+    if missing:
+        expected = " or ".join(f"{{{','.join(missing)}}}{s}" for s in FILE_SUFFIXES)
+        raise BaseNotFoundError(
+            f"base {base_path} is missing required table(s) {', '.join(missing)}: expected {expected}"
+        )
+    return frames
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` as Parquet; the file appears only once it is complete."""
+    write_arrow_atomic(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def write_arrow_atomic(table: pa.Table, path: Path) -> None:
+    """Write an Arrow table to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Base:
+    """A validated base: typed frames, optional tables None when absent."""
+
+    customers: pd.DataFrame
+    transactions: pd.DataFrame
+    invoices: pd.DataFrame | None = None
+    interactions: pd.DataFrame | None = None
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        out = {"customers": self.customers, "transactions": self.transactions}
+        if self.invoices is not None:
+            out["invoices"] = self.invoices
+        if self.interactions is not None:
+            out["interactions"] = self.interactions
+        return out
+
+
+def write_base(base: Base, out_path: Path) -> None:
+    """Write a base as one Parquet file per table."""
+    out_path = Path(out_path)
+    out_path.mkdir(parents=True, exist_ok=True)
+    for name, df in base.tables().items():
+        write_parquet_atomic(df, out_path / f"{name}.parquet")

@@ -1,0 +1,1 @@
+"""Serving: load @champion models, score customers, place them in the portfolio."""

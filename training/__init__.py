@@ -1,0 +1,1 @@
+"""Training: fit, evaluate, explain and register the four models in MLflow."""
