@@ -53,7 +53,7 @@ def main(
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print an error a person can act on and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -204,6 +204,199 @@ def datasets_cdnow(
     logger.info(
         "wrote %d customers and %d transactions to %s", len(base.customers), len(base.transactions), out
     )
+
+
+# --- features -----------------------------------------------------------------------------
+
+
+@app.command()
+def features(
+    base: Annotated[Path, typer.Option("--base", help="Folder of the base (Parquet or CSV).")],
+    as_of: AsOfOption,
+    out: Annotated[Path, typer.Option("--out", help="Snapshot Parquet file to write.")],
+    horizon_days: HorizonOption = 90,
+    engine: Annotated[str, typer.Option("--engine", help="local (pandas, chunked, both cores) or spark.")] = "local",
+    master: Annotated[str | None, typer.Option("--master", help="Spark master URL (default local[*]).")] = None,
+    labels: Annotated[
+        bool | None, typer.Option("--labels/--no-labels", help="Add labels (default: when the horizon is observed).")
+    ] = None,
+    catalogue: Annotated[bool, typer.Option("--catalogue", help="Print the feature catalogue and exit.")] = False,
+) -> None:
+    """Build a point-in-time feature snapshot: one row per customer known at --as-of.
+
+    Features read only events before the as-of date; labels (churn, purchase per category,
+    default, margin) describe [as-of, as-of + horizon) and are added when that is observed.
+    """
+    from crmscore.features.io import BaseNotFoundError, write_parquet_atomic
+    from crmscore.features.pipeline import build_snapshot, render_catalogue
+    from crmscore.features.validate import BaseValidationError, load_base
+
+    if catalogue:
+        typer.echo(render_catalogue())
+        return
+    when = parse_date(as_of, "--as-of")
+    try:
+        loaded = load_base(base)
+        snapshot = build_snapshot(loaded, when, horizon_days, engine=engine, master=master, with_labels=labels)
+    except BaseNotFoundError as exc:
+        raise fail(str(exc)) from None
+    except BaseValidationError as exc:
+        raise fail(f"{base} fails the data contract; run `crmscore validate --base {base}` for the report:\n{exc}", EXIT_INVALID_DATA) from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    write_parquet_atomic(snapshot, out)
+    logger.info("wrote %d customers x %d columns to %s", len(snapshot), snapshot.shape[1], out)
+
+
+# --- training -----------------------------------------------------------------------------
+
+KindOption = Annotated[
+    str, typer.Option("--kind", help="churn, propensity, credit_risk, expected_margin or all.")
+]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML file of training settings (see training/config.py).")
+]
+
+
+def _load_training_config(config: Path | None, **overrides: object):
+    from pydantic import ValidationError
+
+    from crmscore.training.config import load_config
+
+    try:
+        loaded = load_config(config)
+        updates = {k: v for k, v in overrides.items() if v is not None}
+        return loaded.model_validate({**loaded.model_dump(), **updates}) if updates else loaded
+    except ValidationError as exc:
+        raise fail(f"invalid training settings: {exc}") from None
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from None
+
+
+def _kinds(kind: str):
+    from crmscore.training.kinds import parse_kinds
+
+    try:
+        return parse_kinds(kind)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def train(
+    base: Annotated[Path, typer.Option("--base", help="Folder of the base to learn from.")],
+    kind: KindOption = "all",
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Out-of-time test as-of date (default: the latest with an observed horizon).")
+    ] = None,
+    horizon_days: Annotated[int | None, typer.Option("--horizon-days", help="Label horizon in days (default 90).")] = None,
+    train_snapshots: Annotated[int | None, typer.Option("--train-snapshots", help="Monthly as-of dates to stack (default 12).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="Feature engine: local or spark.")] = "local",
+    master: Annotated[str | None, typer.Option("--master", help="Spark master URL.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train, evaluate and register models in MLflow (experiments and models crm-<kind>).
+
+    Stacked monthly snapshots, out-of-time test on the latest as-of, LightGBM with early
+    stopping beside a scikit-learn baseline, calibrated probabilities, reason codes.
+    Then run `crmscore promote` to make the new versions champions.
+    """
+    from crmscore.features.io import BaseNotFoundError
+    from crmscore.features.validate import BaseValidationError
+    from crmscore.training.jobs import ORACLE_GOALS, train_job
+
+    kinds = _kinds(kind)
+    settings = _load_training_config(config, horizon_days=horizon_days, train_snapshots=train_snapshots)
+    when = parse_date(as_of, "--as-of") if as_of else None
+    try:
+        results = train_job(base, kinds, settings, test_as_of=when, engine=engine, master=master)
+    except BaseNotFoundError as exc:
+        raise fail(str(exc)) from None
+    except BaseValidationError as exc:
+        raise fail(f"{base} fails the data contract; run `crmscore validate --base {base}`:\n{exc}", EXIT_INVALID_DATA) from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    from rich.table import Table
+
+    table = Table(title="Trained models (out-of-time test)")
+    for column in ("model", "version", "headline", "baseline", "calibration", "vs. the truth"):
+        table.add_column(column)
+    for r in results:
+        m = r.evaluation.metrics
+        if r.kind.value == "expected_margin":
+            head = f"RMSE {m['rmse']:.2f}, top-20% capture {m['top20_capture']:.3f}"
+            base_txt = f"RMSE {m.get('baseline_rmse', float('nan')):.2f}"
+            cal = f"aggregate {m['aggregate_error']:+.1%}"
+            oracle = f"RMSE ratio {m['oracle_rmse_ratio']:.3f} (goal <= {ORACLE_GOALS['rmse_ratio']})" if "oracle_rmse_ratio" in m else "-"
+        elif r.kind.value == "propensity":
+            head = f"mean AUC {m['mean_auc']:.3f}"
+            base_txt = "-"
+            cal = f"mean ECE {m['mean_ece']:.4f}"
+            oracle = f"AUC ratio {m['oracle_mean_auc_ratio']:.3f} (goal >= {ORACLE_GOALS['auc_ratio']})" if "oracle_mean_auc_ratio" in m else "-"
+        else:
+            head = f"AUC {m['auc']:.3f}" + (f", KS {m['ks']:.3f}" if "ks" in m else "")
+            base_txt = f"AUC {m.get('baseline_auc', float('nan')):.3f}"
+            cal = f"ECE {m['ece']:.4f} (goal <= {ORACLE_GOALS['ece']})"
+            oracle = f"AUC ratio {m['oracle_auc_ratio']:.3f} (goal >= {ORACLE_GOALS['auc_ratio']})" if "oracle_auc_ratio" in m else "-"
+        table.add_row(r.kind.registered_name, str(r.run.version if r.run else "-"), head, base_txt, cal, oracle)
+    Console().print(table)
+
+
+@app.command()
+def promote(
+    kind: KindOption = "all",
+    version: Annotated[str | None, typer.Option("--version", help="Version to promote (default: the newest).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move alias 'champion' to the newest version, if it is not worse than the current one.
+
+    Both are scored on the challenger's out-of-time test data; the first version is promoted.
+    """
+    from crmscore.training.jobs import promote_job
+
+    settings = _load_training_config(config)
+    for d in promote_job(_kinds(kind), settings, version=version):
+        mark = "[green]promoted[/]" if d.promoted else "[yellow]kept[/]"
+        champion = d.champion or "none"
+        Console().print(f"{d.kind.registered_name}: {mark} version {d.challenger} (champion was {champion}): {d.reason}", highlight=False)
+
+
+@app.command("fit-table")
+def fit_table_command(
+    kind: Annotated[str, typer.Argument(help="churn, propensity, credit_risk or expected_margin.")],
+    train_file: Annotated[Path, typer.Option("--train", help="Training table, CSV or Parquet, one row per customer.")],
+    target: Annotated[str, typer.Option("--target", help="Target column.")],
+    positive: Annotated[str | None, typer.Option("--positive", help="Positive class when the target holds labels.")] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="Id column (kept out of the features).")] = None,
+    test_file: Annotated[Path | None, typer.Option("--test", help="Test table with the same columns.")] = None,
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="Write id,score for every test row (CSV).")] = None,
+    metrics: Annotated[Path | None, typer.Option("--metrics", help="Write validation and test metrics (JSON).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Learn a model from your own featurised customer table, tracked in MLflow.
+
+    String columns are categoricals; the target may be 0/1, bool or labels (then --positive).
+    Score = probability of the positive class, or the predicted value for expected_margin.
+    """
+    from crmscore.bundle import ModelKind
+    from crmscore.training.table import fit_table_job
+
+    try:
+        model_kind = ModelKind.parse(kind)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    settings = _load_training_config(config)
+    try:
+        result = fit_table_job(model_kind, train_file, target, positive=positive, id_column=id_column,
+                               test_path=test_file, predictions_path=predictions, metrics_path=metrics,
+                               config=settings)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_INVALID_DATA) from None
+    for split, values in result.metrics.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float) and k in
+                          ("auc", "ece", "brier", "rmse", "mae", "spearman", "top20_capture"))
+        logger.info("%s: %s", split, shown)
+    logger.info("MLflow run %s", result.run_id)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 
 from crmscore.features.schema import FILE_SUFFIXES, TABLES
 
-
 ARROW_STRINGS = {
     pa.string(): pd.StringDtype("pyarrow"),
     pa.large_string(): pd.StringDtype("pyarrow"),

@@ -1,0 +1,490 @@
+"""The model bundle: what training writes to MLflow and what serving reads back.
+
+Training (``crmscore.training``) fits a bundle; serving (``crmscore.serving``) only loads one
+from the MLflow registry. Both import this module and nothing of each other, so the maths that
+turns a booster's raw score into what a CRM screen shows lives here, once:
+
+* the feature encoding (categoricals to the integer codes the booster was trained on),
+* calibration of raw scores into probabilities (isotonic or Platt, fitted on data the
+  booster did not see),
+* propensity's expansion of one customer into one row per product category,
+* reason codes from LightGBM's own TreeSHAP contributions (``pred_contrib=True``),
+* scorecard points and grades for credit risk,
+* customer lifetime value from expected margin and retention.
+
+A bundle on disk is a folder: ``booster.txt`` (LightGBM's text format), ``bundle.json``
+(everything else). No pickles: a bundle can be read by any later version of the code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+BUNDLE_FORMAT = 1
+
+
+class ModelKind(StrEnum):
+    """The four model kinds (ARCHITECTURE.md)."""
+
+    CHURN = "churn"
+    PROPENSITY = "propensity"
+    CREDIT_RISK = "credit_risk"
+    EXPECTED_MARGIN = "expected_margin"
+
+    @property
+    def registered_name(self) -> str:
+        """MLflow experiment and registered-model name, e.g. ``crm-credit-risk``."""
+        return "crm-" + self.value.replace("_", "-")
+
+    @property
+    def is_classifier(self) -> bool:
+        return self is not ModelKind.EXPECTED_MARGIN
+
+    @property
+    def reason_prefix(self) -> str:
+        return {"churn": "CHN", "propensity": "PRP", "credit_risk": "CRD", "expected_margin": "MRG"}[
+            self.value
+        ]
+
+    @classmethod
+    def parse(cls, value: str) -> ModelKind:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(k.value for k in cls)
+            raise ValueError(f"unknown model kind {value!r}; expected one of {allowed}") from None
+
+
+# --- calibration ------------------------------------------------------------------------------
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+@dataclass
+class Calibrator:
+    """Maps a booster's raw score (log-odds) to a calibrated probability.
+
+    ``method="isotonic"``: a non-decreasing step function fitted by isotonic regression
+    (Zadrozny & Elkan 2002), interpolated linearly between its knots; ``"platt"``: a logistic
+    curve ``sigmoid(a * raw + b)`` (Platt 1999), used when the calibration set is small.
+    Both are monotone non-decreasing, so monotone constraints of the booster survive.
+    """
+
+    method: str = "identity"
+    knots_x: list[float] = field(default_factory=list)
+    knots_y: list[float] = field(default_factory=list)
+    a: float = 1.0
+    b: float = 0.0
+
+    #: below this many calibration rows (or 50 positives) isotonic overfits: use Platt
+    MIN_ISOTONIC_ROWS = 2000
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, y: np.ndarray) -> Calibrator:
+        """Fit on raw scores of rows the booster was not trained on. ``y`` is 0/1."""
+        raw = np.asarray(raw, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if raw.size == 0 or y.min() == y.max():
+            return cls()
+        if raw.size >= cls.MIN_ISOTONIC_ROWS and y.sum() >= 50 and (1 - y).sum() >= 50:
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
+            x_knots = np.asarray(iso.X_thresholds_, dtype=np.float64)
+            y_knots = np.asarray(iso.y_thresholds_, dtype=np.float64)
+            # Probabilities of exactly 0 or 1 are never right for a customer: keep a margin.
+            eps = 0.5 / raw.size
+            return cls("isotonic", x_knots.tolist(), np.clip(y_knots, eps, 1 - eps).tolist())
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
+        return cls("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.float64)
+        if self.method == "isotonic":
+            return np.interp(raw, self.knots_x, self.knots_y)
+        if self.method == "platt":
+            return sigmoid(self.a * raw + self.b)
+        return sigmoid(raw)
+
+
+# --- scorecard and CLV --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScorecardConfig:
+    """Points-to-double-the-odds scaling (Siddiqi 2006, *Credit Risk Scorecards*, ch. 6).
+
+    ``points = offset + factor * ln(odds)``, odds = good:bad = (1 - PD) / PD,
+    ``factor = pdo / ln 2``, ``offset = base_points - factor * ln(base_odds)``.
+    """
+
+    base_points: float = 600.0
+    base_odds: float = 50.0
+    pdo: float = 20.0
+    #: grade -> lowest points of the grade, best grade first
+    grades: tuple[tuple[str, float], ...] = (
+        ("A", 680.0), ("B", 640.0), ("C", 600.0), ("D", 560.0), ("E", -math.inf),
+    )
+
+    def points(self, pd_: np.ndarray) -> np.ndarray:
+        factor = self.pdo / math.log(2.0)
+        offset = self.base_points - factor * math.log(self.base_odds)
+        p = np.clip(np.asarray(pd_, dtype=np.float64), 1e-9, 1 - 1e-9)
+        return offset + factor * (np.log1p(-p) - np.log(p))
+
+    def grade(self, points: np.ndarray) -> np.ndarray:
+        labels = np.array([g for g, _ in self.grades], dtype=object)
+        lows = np.array([lo for _, lo in self.grades])
+        # grades are ordered best first with decreasing lower bounds
+        index = np.searchsorted(-lows, -np.asarray(points, dtype=np.float64), side="left")
+        out = labels[np.clip(index, 0, len(labels) - 1)]
+        return np.where(np.isnan(points), None, out)
+
+
+@dataclass(frozen=True)
+class ClvConfig:
+    """Customer lifetime value as the present value of expected future margins.
+
+    ``CLV = sum_{k=0}^{K-1} m * r**k / (1 + d) ** ((k + 1) * H / 365)``, with m the expected
+    margin of one horizon of H days (expected-margin model), r = 1 - churn probability the
+    per-horizon retention (churn model), d the yearly discount rate, K = years * 365 / H
+    horizons: the retention-based CLV of Gupta & Lehmann (2003, *J. Interactive Marketing*
+    17(1)) and Berger & Nasr (1998), in discrete horizon-long periods.
+    """
+
+    years: float = 3.0
+    discount_rate: float = 0.10
+
+    def clv(self, expected_margin: np.ndarray, churn_prob: np.ndarray, horizon_days: int) -> np.ndarray:
+        m = np.asarray(expected_margin, dtype=np.float64)
+        r = 1.0 - np.asarray(churn_prob, dtype=np.float64)
+        periods = max(1, int(round(self.years * 365.0 / horizon_days)))
+        k = np.arange(periods, dtype=np.float64)
+        discount = (1.0 + self.discount_rate) ** (-(k + 1) * horizon_days / 365.0)
+        weights = r[..., None] ** k * discount  # (n, periods)
+        return m * weights.sum(axis=-1)
+
+
+# --- the bundle ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Reason:
+    """One reason code: a feature that pushed a score up or down."""
+
+    code: str
+    feature: str
+    direction: str  # "up" or "down"
+    contribution: float  # in the model's raw units (log-odds, or log margin for Tweedie)
+    value: float | str | None
+    text: str
+
+
+@dataclass
+class ModelBundle:
+    """A trained model of one kind, ready to score a feature matrix.
+
+    Attributes
+    ----------
+    feature_names : list of str
+        The customer features the model reads, in matrix column order.
+    categorical_levels : dict of str to list of str
+        For each categorical feature, its levels; code i stands for level i, unknown -> NaN.
+    targets : list of str
+        Product categories for propensity (one output column each); ``[kind]`` otherwise.
+    """
+
+    kind: ModelKind
+    feature_names: list[str]
+    categorical_levels: dict[str, list[str]]
+    booster: lgb.Booster
+    targets: list[str]
+    calibrators: dict[str, Calibrator] = field(default_factory=dict)
+    #: propensity: per target-specific feature, the customer column holding it for each target
+    #: (e.g. ``target_revenue_share_365d`` -> [revenue_share_365d_books, ...]); None = absent
+    target_features: dict[str, list[str | None]] = field(default_factory=dict)
+    monotone: dict[str, int] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    horizon_days: int = 90
+    scorecard: ScorecardConfig | None = None
+    clv: ClvConfig | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    @property
+    def booster_features(self) -> list[str]:
+        """Columns of the booster's matrix: customer features, then the propensity target."""
+        if self.kind is ModelKind.PROPENSITY:
+            return [*self.feature_names, "target_category", *self.target_features]
+        return list(self.feature_names)
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Customer frame -> float64 matrix of shape (n_customers, n_features).
+
+        Missing columns raise a KeyError naming them; categoricals become codes of the
+        training levels (unknown levels become NaN, which LightGBM treats as missing).
+        """
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise KeyError(f"features missing for the {self.kind.value} model: {', '.join(missing)}")
+        out = np.empty((len(frame), len(self.feature_names)), dtype=np.float64)
+        for j, name in enumerate(self.feature_names):
+            col = frame[name]
+            levels = self.categorical_levels.get(name)
+            if levels is not None:
+                codes = pd.Categorical(col.astype("object"), categories=levels).codes
+                out[:, j] = np.where(codes < 0, np.nan, codes)
+            else:
+                out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        return out
+
+    def expand(self, X: np.ndarray) -> np.ndarray:
+        """Propensity: one row per (customer, category), customer-major; identity otherwise."""
+        if self.kind is not ModelKind.PROPENSITY:
+            return X
+        n, k = X.shape[0], len(self.targets)
+        extra = np.full((n * k, 1 + len(self.target_features)), np.nan)
+        extra[:, 0] = np.tile(np.arange(k, dtype=np.float64), n)
+        # Target-specific features: the target category's own column of each customer feature.
+        for f, columns in enumerate(self.target_features.values(), start=1):
+            for j, column in enumerate(columns):
+                if column is not None and column in self.feature_names:
+                    extra[j::k, f] = X[:, self.feature_names.index(column)]
+        return np.hstack([np.repeat(X, k, axis=0), extra])
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def raw(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
+        """Raw booster output; shape (n,) or, for propensity, (n, n_targets)."""
+        Z = self.expand(X)
+        raw = self.booster.predict(Z, raw_score=True, num_threads=num_threads)
+        if self.kind is ModelKind.PROPENSITY:
+            return raw.reshape(X.shape[0], len(self.targets))
+        return raw
+
+    def predict(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
+        """Calibrated probabilities (classifiers) or expected values (expected margin)."""
+        raw = self.raw(X, num_threads=num_threads)
+        return self.from_raw(raw)
+
+    def from_raw(self, raw: np.ndarray) -> np.ndarray:
+        if self.kind is ModelKind.EXPECTED_MARGIN:
+            objective = self.info.get("objective", "tweedie")
+            return np.exp(raw) if objective in ("tweedie", "poisson", "gamma") else raw
+        if self.kind is ModelKind.PROPENSITY:
+            out = np.empty_like(raw)
+            for j, target in enumerate(self.targets):
+                out[:, j] = self.calibrators.get(target, Calibrator()).apply(raw[:, j])
+            return out
+        return self.calibrators.get(self.kind.value, Calibrator()).apply(raw)
+
+    def contributions(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
+        """TreeSHAP contributions to the raw score (LightGBM ``pred_contrib``).
+
+        Shape (n, n_booster_features + 1), the last column the expected value; for propensity
+        (n, n_targets, n_booster_features + 1). Rows sum to the raw score.
+        """
+        Z = self.expand(X)
+        contrib = self.booster.predict(Z, pred_contrib=True, num_threads=num_threads)
+        if self.kind is ModelKind.PROPENSITY:
+            return contrib.reshape(X.shape[0], len(self.targets), -1)
+        return contrib
+
+    def reason_code(self, feature: str, direction: str) -> str:
+        """Stable id: kind prefix, feature, direction, e.g. ``CHN.days_since_last_purchase.UP``."""
+        return f"{self.kind.reason_prefix}.{feature}.{direction.upper()}"
+
+    def reasons(
+        self, X: np.ndarray, *, top: int = 3, contributions: np.ndarray | None = None, target: int | None = None
+    ) -> list[list[Reason]]:
+        """Top ``top`` features by absolute contribution for each row (adverse-action style).
+
+        For propensity, ``target`` selects the category (default: each row's top category).
+        """
+        contrib = self.contributions(X) if contributions is None else contributions
+        names = self.booster_features
+        if contrib.ndim == 3:
+            if target is None:
+                chosen = np.argmax(self.predict(X), axis=1)
+            else:
+                chosen = np.full(X.shape[0], target)
+            contrib = contrib[np.arange(X.shape[0]), chosen]
+        parts = contrib[:, :-1]
+        order = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :top]
+        out: list[list[Reason]] = []
+        noun = {
+            ModelKind.CHURN: "churn risk",
+            ModelKind.PROPENSITY: "purchase propensity",
+            ModelKind.CREDIT_RISK: "default risk",
+            ModelKind.EXPECTED_MARGIN: "expected margin",
+        }[self.kind]
+        for i in range(X.shape[0]):
+            row: list[Reason] = []
+            for j in order[i]:
+                c = float(parts[i, j])
+                if c == 0.0:
+                    continue
+                name = names[j]
+                direction = "up" if c > 0 else "down"
+                value = self._display_value(name, X, i, j)
+                desc = self.descriptions.get(name, name.replace("_", " "))
+                verb = "raises" if c > 0 else "lowers"
+                row.append(Reason(self.reason_code(name, direction), name, direction, c, value,
+                                  f"{desc} = {value}: {verb} {noun}"))
+            out.append(row)
+        return out
+
+    def _display_value(self, name: str, X: np.ndarray, i: int, j: int) -> float | str | None:
+        if name == "target_category":
+            return None
+        if j >= X.shape[1]:
+            return None
+        v = X[i, j]
+        if np.isnan(v):
+            return None
+        levels = self.categorical_levels.get(name)
+        if levels is not None:
+            return levels[int(v)]
+        return round(float(v), 4)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(path / "booster.txt"))
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "kind": self.kind.value,
+            "feature_names": self.feature_names,
+            "categorical_levels": self.categorical_levels,
+            "targets": self.targets,
+            "calibrators": {k: asdict(v) for k, v in self.calibrators.items()},
+            "target_features": self.target_features,
+            "monotone": self.monotone,
+            "descriptions": self.descriptions,
+            "horizon_days": self.horizon_days,
+            "scorecard": None if self.scorecard is None else asdict(self.scorecard),
+            "clv": None if self.clv is None else asdict(self.clv),
+            "metrics": self.metrics,
+            "info": self.info,
+        }
+        (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ModelBundle:
+        path = Path(path)
+        meta_file, booster_file = path / "bundle.json", path / "booster.txt"
+        if not meta_file.is_file() or not booster_file.is_file():
+            raise FileNotFoundError(f"{path} is not a model bundle: expected bundle.json and booster.txt")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{path}: bundle format {meta.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
+        booster = lgb.Booster(model_file=str(booster_file))
+        sc = meta.get("scorecard")
+        scorecard = None
+        if sc is not None:
+            sc["grades"] = tuple((g, -math.inf if lo is None else float(lo)) for g, lo in sc["grades"])
+            scorecard = ScorecardConfig(**sc)
+        clv = None if meta.get("clv") is None else ClvConfig(**meta["clv"])
+        return cls(
+            kind=ModelKind(meta["kind"]),
+            feature_names=meta["feature_names"],
+            categorical_levels=meta["categorical_levels"],
+            booster=booster,
+            targets=meta["targets"],
+            calibrators={k: Calibrator(**v) for k, v in meta["calibrators"].items()},
+            target_features=meta["target_features"],
+            monotone=meta["monotone"],
+            descriptions=meta["descriptions"],
+            horizon_days=meta["horizon_days"],
+            scorecard=scorecard,
+            clv=clv,
+            metrics=meta["metrics"],
+            info=meta["info"],
+        )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class BundlePyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow ``python_model`` wrapper, so a bundle also works as an ``mlflow.pyfunc`` model
+    (``mlflow models serve``, ``spark_udf``). Input: a customer feature frame; output: a frame
+    of scores named like the batch output (``churn_prob``, ``propensity_<c>``, ...).
+    """
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return score_frame(self.bundle, model_input)
+
+
+def output_columns(bundle: ModelBundle) -> list[str]:
+    """Names of the score columns a bundle produces (batch, API and pyfunc alike)."""
+    if bundle.kind is ModelKind.PROPENSITY:
+        return [f"propensity_{t}" for t in bundle.targets]
+    if bundle.kind is ModelKind.CHURN:
+        return ["churn_prob"]
+    if bundle.kind is ModelKind.CREDIT_RISK:
+        return ["default_prob"]
+    return ["expected_margin"]
+
+
+def score_frame(bundle: ModelBundle, frame: pd.DataFrame) -> pd.DataFrame:
+    """Score a customer feature frame with one bundle (the pyfunc entry point)."""
+    pred = bundle.predict(bundle.encode(frame))
+    cols = output_columns(bundle)
+    values = pred if pred.ndim == 2 else pred[:, None]
+    return pd.DataFrame(values, columns=cols, index=frame.index)
+
+
+def load_registered_bundle(
+    kind: ModelKind, *, version: str | None = None, alias: str = "champion", dst: Path | None = None
+) -> tuple[ModelBundle, str]:
+    """Download a registered model's bundle: ``models:/crm-<kind>/<version>`` or ``@alias``.
+
+    Returns the bundle and its version. MLflow must already point at the registry
+    (``MLFLOW_TRACKING_URI`` or the caller's set-up). Raises ``LookupError`` naming the model
+    and alias when there is none.
+    """
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    name = kind.registered_name
+    if version is None:
+        try:
+            version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            raise LookupError(f"registered model {name} has no version with alias {alias!r}") from exc
+    local = download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=None if dst is None else str(dst))
+    return ModelBundle.load(Path(local) / "artifacts" / "bundle"), version

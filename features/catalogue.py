@@ -1,0 +1,109 @@
+"""The feature catalogue: what every snapshot column means, in which unit, over which window.
+
+The specs are declared next to the code that computes them (``transforms.py`` for features,
+``labels.py`` for labels); this module holds the record type and renders the Markdown of
+``docs/features.md``. The snapshot builder checks that the columns it computes are exactly
+the catalogue's, in the catalogue's order, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: the dtypes a snapshot column may have (pandas names); ``category`` holds text labels
+DTYPES = ("int64", "float64", "category")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One column of a snapshot.
+
+    Attributes
+    ----------
+    name : str
+        Column name, snake_case; count, day and share columns end in ``_count``, ``_days``
+        (or start with ``days_``), ``_share`` / ``_ratio``; money columns are named by what
+        they measure (revenue, margin, cost, balance), in the base's currency.
+    family : str
+        Feature family (profile, rfm, trend, product_mix, value, payment, service,
+        attributes) or ``label``.
+    meaning : str
+        What the value is, in a sentence.
+    unit : str
+        Unit of the value: ``days``, ``count``, ``currency``, ``share``, ``ratio``, ``category``.
+    window : str
+        Time window relative to the as-of date T, e.g. ``[T-90d, T)``, ``before T``,
+        ``[T, T+H)`` for labels.
+    dtype : str
+        pandas dtype of the column, one of :data:`DTYPES`.
+    requires : str or None
+        The optional table the column needs (``invoices`` or ``interactions``); the column
+        is absent from snapshots of bases without it.
+    """
+
+    name: str
+    family: str
+    meaning: str
+    unit: str
+    window: str
+    dtype: str
+    requires: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:  # a programming error, caught by the test suite
+            raise ValueError(f"dtype of {self.name!r} must be one of {DTYPES}; got {self.dtype!r}")
+
+
+def render_markdown(specs: Iterable[FeatureSpec], *, title: str = "Feature catalogue") -> str:
+    """Render specs as one Markdown table per family, in the order given.
+
+    Parameters
+    ----------
+    specs : iterable of FeatureSpec
+        Usually the catalogue of a base with placeholder category names.
+    title : str
+        Heading of the section.
+
+    Returns
+    -------
+    str
+        Markdown text.
+    """
+    by_family: dict[str, list[FeatureSpec]] = {}
+    for spec in specs:
+        by_family.setdefault(spec.family, []).append(spec)
+    lines = [f"## {title}", ""]
+    for family, items in by_family.items():
+        lines += [f"### {family}", ""]
+        lines += ["| column | meaning | unit | window | dtype | needs |", "|---|---|---|---|---|---|"]
+        for s in items:
+            needs = s.requires or "-"
+            lines.append(
+                f"| `{s.name}` | {s.meaning} | {s.unit} | {s.window} | {s.dtype} | {needs} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def category_slugs(categories: Iterable[str]) -> list[str]:
+    """Column-name forms of product categories: lower case, runs of other characters -> ``_``.
+
+    Raises
+    ------
+    ValueError
+        If two categories give the same name (e.g. ``"Home"`` and ``"home"``).
+    """
+    slugs: list[str] = []
+    seen: dict[str, str] = {}
+    for category in categories:
+        slug = re.sub(r"[^0-9a-z]+", "_", str(category).lower()).strip("_") or "blank"
+        if slug in seen:
+            raise ValueError(
+                f"product categories {seen[slug]!r} and {category!r} both give the column "
+                f"name {slug!r}; rename one of them in the base"
+            )
+        seen[slug] = str(category)
+        slugs.append(slug)
+    return slugs

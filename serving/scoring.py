@@ -1,0 +1,185 @@
+"""Scoring: four bundles, one customer matrix, every score a CRM screen shows. Pure.
+
+The same two functions serve the HTTP API (one row, ``num_threads=1``) and batch scoring
+(chunks of a snapshot, local or on Spark): :func:`score_matrix` turns an encoded feature
+matrix into arrays of scores, :func:`scores_frame` adds ids and the value columns the
+portfolio rules need. No pandas on the API's path until the response is built.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crmscore.bundle import ModelBundle, ModelKind, Reason, output_columns
+
+#: snapshot columns the portfolio needs beside the model scores (features of the snapshot)
+VALUE_COLUMNS = {
+    "current_value": "current_value_365d",
+    "margin_365d": "margin_365d",
+    "cost_to_serve_365d": "cost_to_serve_365d",
+    "outstanding_balance": "outstanding_balance",
+}
+#: a customer without an invoice before the as-of date has no credit score (label_default NaN)
+CREDIT_HISTORY = "invoice_count_lifetime"
+REQUIRED_KINDS = (ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.EXPECTED_MARGIN)
+
+
+@dataclass
+class ModelSet:
+    """The champion bundles scored together, over one union feature matrix.
+
+    Each bundle reads its own columns of the union (``index[kind]``), so a customer's
+    features are encoded once for all four models.
+    """
+
+    bundles: dict[ModelKind, ModelBundle]
+    versions: dict[ModelKind, str] = field(default_factory=dict)
+    feature_names: list[str] = field(default_factory=list)
+    categorical_levels: dict[str, list[str]] = field(default_factory=dict)
+    index: dict[ModelKind, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_bundles(cls, bundles: Mapping[ModelKind, ModelBundle], versions: Mapping[ModelKind, str] | None = None) -> ModelSet:
+        missing = [k.value for k in REQUIRED_KINDS if k not in bundles]
+        if missing:
+            raise ValueError(f"scoring needs the {', '.join(missing)} model(s); none given")
+        names: list[str] = []
+        levels: dict[str, list[str]] = {}
+        extra = [VALUE_COLUMNS[c] for c in VALUE_COLUMNS] + [CREDIT_HISTORY]
+        for bundle in bundles.values():
+            for name in bundle.feature_names:
+                if name not in names:
+                    names.append(name)
+                if name in bundle.categorical_levels:
+                    if name in levels and levels[name] != bundle.categorical_levels[name]:
+                        raise ValueError(f"models disagree on the levels of categorical feature {name!r}; retrain them together")
+                    levels[name] = bundle.categorical_levels[name]
+        names += [c for c in extra if c not in names]
+        position = {n: i for i, n in enumerate(names)}
+        index = {k: np.array([position[n] for n in b.feature_names], dtype=np.intp) for k, b in bundles.items()}
+        return cls(dict(bundles), dict(versions or {}), names, levels, index)
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.bundles[ModelKind.PROPENSITY].targets)
+
+    @property
+    def horizon_days(self) -> int:
+        return self.bundles[ModelKind.EXPECTED_MARGIN].horizon_days
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Snapshot rows -> the union matrix (n, len(feature_names)); absent value columns NaN."""
+        out = np.full((len(frame), len(self.feature_names)), np.nan)
+        missing = []
+        for j, name in enumerate(self.feature_names):
+            if name not in frame.columns:
+                if any(name in b.feature_names for b in self.bundles.values()):
+                    missing.append(name)
+                continue
+            col = frame[name]
+            levels = self.categorical_levels.get(name)
+            if levels is not None:
+                codes = pd.Categorical(col.astype("object"), categories=levels).codes
+                out[:, j] = np.where(codes < 0, np.nan, codes)
+            else:
+                out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if missing:
+            raise KeyError(f"snapshot lacks features the models read: {', '.join(missing)}")
+        return out
+
+    def column(self, X: np.ndarray, name: str) -> np.ndarray:
+        return X[:, self.feature_names.index(name)]
+
+
+def score_matrix(models: ModelSet, X: np.ndarray, *, num_threads: int = 0) -> dict[str, np.ndarray]:
+    """All model scores for the rows of the union matrix ``X``.
+
+    Returns arrays of shape (n,) keyed by output column: ``churn_prob``,
+    ``propensity_<category>``, ``default_prob``, ``credit_points``, ``credit_grade``,
+    ``expected_margin``, ``clv`` and the value columns (``current_value`` ...). ``default_prob``
+    is NaN for customers without an invoice before the as-of date (no credit history).
+    """
+    n = X.shape[0]
+    out: dict[str, np.ndarray] = {}
+    churn_b = models.bundles[ModelKind.CHURN]
+    churn = churn_b.predict(X[:, models.index[ModelKind.CHURN]], num_threads=num_threads)
+    out["churn_prob"] = churn
+    prop_b = models.bundles[ModelKind.PROPENSITY]
+    prop = prop_b.predict(X[:, models.index[ModelKind.PROPENSITY]], num_threads=num_threads)
+    for j, name in enumerate(output_columns(prop_b)):
+        out[name] = prop[:, j]
+    credit_b = models.bundles.get(ModelKind.CREDIT_RISK)
+    if credit_b is not None:
+        pd_ = credit_b.predict(X[:, models.index[ModelKind.CREDIT_RISK]], num_threads=num_threads)
+        history = models.column(X, CREDIT_HISTORY)
+        pd_ = np.where(history > 0, pd_, np.nan)
+        points = credit_b.scorecard.points(pd_) if credit_b.scorecard else np.full(n, np.nan)
+        points = np.where(np.isnan(pd_), np.nan, np.round(points, 1))
+        out["default_prob"] = pd_
+        out["credit_points"] = points
+        out["credit_grade"] = credit_b.scorecard.grade(points) if credit_b.scorecard else np.full(n, None, dtype=object)
+    else:
+        out["default_prob"] = np.full(n, np.nan)
+        out["credit_points"] = np.full(n, np.nan)
+        out["credit_grade"] = np.full(n, None, dtype=object)
+    margin_b = models.bundles[ModelKind.EXPECTED_MARGIN]
+    margin = margin_b.predict(X[:, models.index[ModelKind.EXPECTED_MARGIN]], num_threads=num_threads)
+    out["expected_margin"] = margin
+    clv_config = margin_b.clv
+    out["clv"] = clv_config.clv(margin, churn, margin_b.horizon_days) if clv_config else np.full(n, np.nan)
+    for name, column in VALUE_COLUMNS.items():
+        out[name] = models.column(X, column)
+    return out
+
+
+def scores_frame(models: ModelSet, snapshot: pd.DataFrame, X: np.ndarray, scores: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The scores as a frame: ``customer_id``, ``as_of`` (when the snapshot has it), scores,
+    the horizon and the model versions used."""
+    frame = pd.DataFrame({"customer_id": snapshot["customer_id"].astype(str).to_numpy()})
+    if "as_of" in snapshot.columns:
+        frame["as_of"] = pd.to_datetime(snapshot["as_of"]).to_numpy()
+    for name, values in scores.items():
+        frame[name] = values
+    frame["horizon_days"] = models.horizon_days
+    for kind in ModelKind:
+        frame[f"model_version_{kind.value}"] = models.versions.get(kind, "")
+    return frame
+
+
+# --- reason codes ---------------------------------------------------------------------------
+
+
+def reason_dicts(reasons: list[Reason]) -> list[dict[str, Any]]:
+    return [
+        {"code": r.code, "feature": r.feature, "direction": r.direction,
+         "contribution": round(r.contribution, 6), "value": r.value, "text": r.text}
+        for r in reasons
+    ]
+
+
+def compute_reasons(models: ModelSet, X: np.ndarray, *, top: int = 3, num_threads: int = 0) -> dict[str, list[list[dict[str, Any]]]]:
+    """Top reason codes per model for each row of ``X`` (TreeSHAP; the expensive part).
+
+    Propensity's reasons explain the customer's top category.
+    """
+    out: dict[str, list[list[dict[str, Any]]]] = {}
+    for kind, bundle in models.bundles.items():
+        Xk = X[:, models.index[kind]]
+        contrib = bundle.contributions(Xk, num_threads=num_threads)
+        rows = bundle.reasons(Xk, top=top, contributions=contrib)
+        if kind is ModelKind.CREDIT_RISK:
+            history = models.column(X, CREDIT_HISTORY)
+            rows = [r if h > 0 else [] for r, h in zip(rows, history, strict=True)]
+        out[kind.value] = [reason_dicts(r) for r in rows]
+    return out
+
+
+def reasons_columns(reasons: Mapping[str, list[list[dict[str, Any]]]]) -> dict[str, list[str]]:
+    """Reasons as JSON text columns ``reasons_<kind>`` for Parquet output."""
+    return {f"reasons_{kind}": [json.dumps(r) for r in rows] for kind, rows in reasons.items()}

@@ -1,0 +1,104 @@
+"""The model bundle's maths: scorecard, CLV, calibration, reasons, persistence."""
+
+from __future__ import annotations
+
+import math
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmscore.bundle import Calibrator, ClvConfig, ModelBundle, ModelKind, ScorecardConfig
+
+
+def test_scorecard_anchors_and_doubling() -> None:
+    sc = ScorecardConfig()  # 600 points at 50:1, 20 points to double the odds
+    pd_at_base = 1 / 51
+    assert sc.points(np.array([pd_at_base]))[0] == pytest.approx(600.0)
+    pd_double = 1 / 101  # odds 100:1
+    assert sc.points(np.array([pd_double]))[0] == pytest.approx(620.0)
+    points = sc.points(np.linspace(0.001, 0.9, 50))
+    assert np.all(np.diff(points) < 0)  # higher default probability, fewer points
+
+
+def test_scorecard_grades_at_boundaries() -> None:
+    sc = ScorecardConfig()
+    grades = sc.grade(np.array([700.0, 680.0, 679.9, 640.0, 600.0, 560.0, 559.0, np.nan]))
+    assert grades.tolist() == ["A", "A", "B", "B", "C", "D", "E", None]
+
+
+def test_clv_matches_the_sum_written_out() -> None:
+    cfg = ClvConfig(years=2, discount_rate=0.1)
+    m, churn, h = np.array([100.0, 0.0, 50.0]), np.array([0.2, 0.5, 1.0]), 91
+    periods = round(2 * 365 / h)
+    expected = [
+        sum(mi * (1 - ci) ** k / 1.1 ** ((k + 1) * h / 365) for k in range(periods))
+        for mi, ci in zip(m, churn, strict=True)
+    ]
+    np.testing.assert_allclose(cfg.clv(m, churn, h), expected)
+    assert cfg.clv(np.array([100.0]), np.array([0.0]), 365)[0] == pytest.approx(
+        100 / 1.1 + 100 / 1.1**2
+    )
+
+
+def test_calibrators_are_monotone() -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-(0.5 * raw - 1)))).astype(float)
+    for n in (5000, 300):  # isotonic, then Platt on a small set
+        cal = Calibrator.fit(raw[:n], y[:n])
+        assert cal.method == ("isotonic" if n == 5000 else "platt")
+        grid = np.linspace(-4, 4, 200)
+        p = cal.apply(grid)
+        assert np.all(np.diff(p) >= 0) and p.min() > 0 and p.max() < 1
+
+
+def small_bundle(kind: ModelKind = ModelKind.CHURN) -> tuple[ModelBundle, pd.DataFrame]:
+    rng = np.random.default_rng(1)
+    n = 600
+    frame = pd.DataFrame({"x": rng.normal(size=n), "segment": pd.Categorical(rng.choice(["B2B", "B2C"], n))})
+    y = (frame["x"] + (frame["segment"] == "B2B") + rng.normal(size=n) > 0).astype(float)
+    bundle = ModelBundle(kind, ["x", "segment"], {"segment": ["B2B", "B2C"]}, None, [kind.value])  # type: ignore[arg-type]
+    X = bundle.encode(frame)
+    data = lgb.Dataset(X, y, feature_name=["x", "segment"], categorical_feature=[1])
+    bundle.booster = lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 7}, data, 30)
+    bundle.calibrators[kind.value] = Calibrator.fit(bundle.raw(X), y)
+    return bundle, frame
+
+
+def test_encode_maps_unknown_levels_to_missing() -> None:
+    bundle, _ = small_bundle()
+    frame = pd.DataFrame({"x": [1.0, 2.0], "segment": ["B2C", "Partner"]})
+    X = bundle.encode(frame)
+    assert X[0, 1] == 1.0 and math.isnan(X[1, 1])
+    with pytest.raises(KeyError, match="features missing for the churn model: segment"):
+        bundle.encode(frame[["x"]])
+
+
+def test_contributions_sum_to_the_raw_score_and_reasons_are_stable() -> None:
+    bundle, frame = small_bundle()
+    X = bundle.encode(frame.head(20))
+    contrib = bundle.contributions(X)
+    np.testing.assert_allclose(contrib.sum(axis=1), bundle.raw(X), atol=1e-9)
+    reasons = bundle.reasons(X, top=2)
+    assert all(1 <= len(r) <= 2 for r in reasons)
+    first = reasons[0][0]
+    assert first.code == f"CHN.{first.feature}.{first.direction.upper()}"
+    assert ("raises churn risk" in first.text) == (first.contribution > 0)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    bundle, frame = small_bundle(ModelKind.CREDIT_RISK)
+    bundle.scorecard = ScorecardConfig()
+    loaded = ModelBundle.load(bundle.save(tmp_path / "b"))
+    X = bundle.encode(frame)
+    np.testing.assert_array_equal(loaded.predict(X), bundle.predict(X))
+    assert loaded.scorecard == bundle.scorecard
+    with pytest.raises(FileNotFoundError, match="is not a model bundle"):
+        ModelBundle.load(tmp_path)
+
+
+def test_unknown_kind_is_named() -> None:
+    with pytest.raises(ValueError, match=r"^unknown model kind 'lifetime'; expected one of churn, propensity, credit_risk, expected_margin$"):
+        ModelKind.parse("lifetime")

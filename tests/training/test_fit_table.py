@@ -1,0 +1,152 @@
+"""crmscore fit-table: every kind on CSV and Parquet, and each bad input named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from crmscore.bundle import ModelKind
+from crmscore.cli import app
+from crmscore.training.table import TableError, fit_table
+
+OUTCOMES = ["churned", "defaulted", "margin_next_90d", "status"]
+
+
+def split(table: pd.DataFrame, target: str, drop: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows = table[table[target].notna()].drop(columns=drop)
+    cut = int(len(rows) * 0.7)
+    return rows.iloc[:cut], rows.iloc[cut:]
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "positive", "fmt"),
+    [
+        ("churn", "status", "lapsed", "csv"),
+        ("churn", "churned", None, "parquet"),
+        ("propensity", "churned", None, "csv"),
+        ("credit_risk", "defaulted", None, "parquet"),
+        ("expected_margin", "margin_next_90d", None, "csv"),
+        ("expected_margin", "margin_next_90d", None, "parquet"),
+    ],
+)
+def test_fit_table_each_kind(customer_table, mlflow_home, tmp_path: Path, kind, target, positive, fmt) -> None:
+    train, test = split(customer_table, target, [c for c in OUTCOMES if c != target])
+    paths = {}
+    for name, frame in (("train", train), ("test", test)):
+        paths[name] = tmp_path / f"{name}.{fmt}"
+        frame.to_csv(paths[name], index=False) if fmt == "csv" else frame.to_parquet(paths[name], index=False)
+    args = ["fit-table", kind, "--train", str(paths["train"]), "--target", target, "--id", "customer_id",
+            "--test", str(paths["test"]), "--predictions", str(tmp_path / "p.csv"), "--metrics", str(tmp_path / "m.json")]
+    if positive:
+        args += ["--positive", positive]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert list(predictions.columns) == ["id", "score"]
+    assert len(predictions) == len(test)
+    assert predictions["id"].astype(str).tolist() == test["customer_id"].astype(str).tolist()
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    if kind == "expected_margin":
+        assert (predictions["score"] >= 0).all()
+        assert metrics["test"]["spearman"] > 0.5
+    else:
+        assert predictions["score"].between(0, 1).all()
+        assert metrics["test"]["auc"] > 0.75
+        assert metrics["test"]["auc"] >= metrics["test"]["baseline"]["auc"] - 0.03
+
+
+def test_fit_table_tracks_a_run_without_registering(customer_table, mlflow_home) -> None:
+    import mlflow
+
+    from crmscore.training import tracking
+    from crmscore.training.table import fit_table_job
+
+    train, _ = split(customer_table, "churned", ["defaulted", "margin_next_90d", "status"])
+    path = mlflow_home / "flat.parquet"
+    train.to_parquet(path, index=False)
+    result = fit_table_job(ModelKind.CHURN, path, "churned", id_column="customer_id")
+    tracking.setup_tracking()
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["crmscore.mode"] == "fit-table"
+    assert "validation_auc" in run.data.metrics
+
+
+@pytest.fixture
+def churn_frame(customer_table) -> pd.DataFrame:
+    return customer_table[customer_table["churned"].notna()].drop(columns=["defaulted", "margin_next_90d"])
+
+
+def test_missing_target_column(churn_frame) -> None:
+    with pytest.raises(TableError, match=r"^target column 'lapse' is not in train; its columns are customer_id, "):
+        fit_table(ModelKind.CHURN, churn_frame, "lapse")
+
+
+def test_labels_need_a_positive_class(churn_frame) -> None:
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, churn_frame, "status")
+    assert str(err.value) == (
+        "target 'status' of train holds labels ('active', 'lapsed'), not 0/1 or true/false; "
+        "name the positive class with --positive"
+    )
+
+
+def test_positive_class_absent(churn_frame) -> None:
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, churn_frame, "status", positive="gone")
+    assert str(err.value) == "positive class 'gone' does not occur in target 'status' of train; its values are 'active', 'lapsed'"
+
+
+def test_constant_target(churn_frame) -> None:
+    frame = churn_frame.assign(churned=1.0)
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, frame, "churned")
+    assert str(err.value) == "target 'churned' of train is constant (1 for every row): there is nothing to learn"
+
+
+def test_too_few_rows(churn_frame) -> None:
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, churn_frame.head(40), "churned")
+    assert str(err.value) == "train has 40 rows with a target; at least 100 are needed to train, validate and calibrate a model"
+
+
+def test_junk_in_a_numeric_column(churn_frame) -> None:
+    frame = churn_frame.copy()
+    frame["revenue_90d"] = frame["revenue_90d"].astype(object)
+    frame.iloc[3, frame.columns.get_loc("revenue_90d")] = "n/a"
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, frame, "churned")
+    assert str(err.value).startswith("non-numeric values in numeric column(s) of train: 'revenue_90d' (1 of ")
+    assert "e.g. 'n/a'" in str(err.value)
+
+
+def test_test_columns_must_match(churn_frame) -> None:
+    train, test = churn_frame.iloc[:800], churn_frame.iloc[800:].drop(columns=["tenure_days"]).assign(extra=1)
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, train, "churned", test=test)
+    assert str(err.value) == "test columns differ from train: missing tenure_days; unexpected extra"
+
+
+def test_unknown_kind_on_the_command_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["fit-table", "lifetime", "--train", "x.csv", "--target", "y"])
+    assert result.exit_code == 2
+    assert "unknown model kind 'lifetime'" in result.output
+
+
+def test_missing_file_on_the_command_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["fit-table", "churn", "--train", str(tmp_path / "none.csv"), "--target", "y"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+
+
+def test_margin_target_must_be_numeric(customer_table) -> None:
+    frame = customer_table[customer_table["churned"].notna()].copy()
+    frame["margin_next_90d"] = frame["margin_next_90d"].astype(object)
+    frame.iloc[0, frame.columns.get_loc("margin_next_90d")] = "lots"
+    with pytest.raises(TableError, match=r"must be numeric for expected_margin; got 'lots'"):
+        fit_table(ModelKind.EXPECTED_MARGIN, frame.drop(columns=["status"]), "margin_next_90d")
+    assert np.isfinite(frame["tenure_days"]).all()

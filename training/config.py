@@ -1,0 +1,74 @@
+"""Training settings: one pydantic model, validated when built, misspelt options fail loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from crmscore.bundle import ClvConfig, ScorecardConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LightGBMSettings(Strict):
+    """Booster settings shared by the four kinds; early stopping picks the number of trees."""
+
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(50, ge=1)
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    bagging_fraction: float = Field(0.9, gt=0, le=1)
+    bagging_freq: int = Field(1, ge=0)
+    lambda_l2: float = Field(1.0, ge=0)
+    max_rounds: int = Field(2000, ge=1)
+    early_stopping_rounds: int = Field(100, ge=1)
+    num_threads: int = Field(0, ge=0, description="0 = all cores")
+    tweedie_variance_power: float = Field(1.3, gt=1, lt=2)
+
+
+class ScorecardSettings(Strict):
+    base_points: float = 600.0
+    base_odds: float = Field(50.0, gt=0)
+    pdo: float = Field(20.0, gt=0)
+
+    def build(self) -> ScorecardConfig:
+        return ScorecardConfig(self.base_points, self.base_odds, self.pdo)
+
+
+class ClvSettings(Strict):
+    years: float = Field(3.0, gt=0, le=50)
+    discount_rate: float = Field(0.10, ge=0, lt=1)
+
+    def build(self) -> ClvConfig:
+        return ClvConfig(self.years, self.discount_rate)
+
+
+class TrainConfig(Strict):
+    """Everything ``crmscore train`` and ``crmscore fit-table`` can be told."""
+
+    horizon_days: int = Field(90, gt=0)
+    train_snapshots: int = Field(12, ge=1, description="stacked monthly as-of dates to train on")
+    lightgbm: LightGBMSettings = LightGBMSettings()
+    scorecard: ScorecardSettings = ScorecardSettings()
+    clv: ClvSettings = ClvSettings()
+    #: below this positive rate the positive class is up-weighted by sqrt(neg/pos);
+    #: calibration on unweighted held-out rows then restores honest probabilities
+    imbalance_threshold: float = Field(0.1, gt=0, lt=0.5)
+    #: rows for the scikit-learn baseline (a random sample when there are more)
+    baseline_max_rows: int = Field(200_000, ge=100)
+    random_state: int = 0
+    #: promotion gate: a challenger may be this much worse than the champion and still win
+    auc_tolerance: float = Field(0.005, ge=0)
+    rmse_tolerance: float = Field(0.01, ge=0, description="relative")
+
+
+def load_config(path: Path | None) -> TrainConfig:
+    """Read a YAML config (any subset of the fields), or the defaults when ``path`` is None."""
+    if path is None:
+        return TrainConfig()
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return TrainConfig.model_validate(data)

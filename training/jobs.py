@@ -1,0 +1,398 @@
+"""Training jobs: what ``crmscore train``, ``promote`` and ``fit-table`` do, end to end.
+
+Each job reads its inputs, calls the pure fitting and evaluation functions, and hands the
+results to ``tracking`` (the only MLflow caller). Notebooks call these same functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crmscore.bundle import ModelBundle, ModelKind
+from crmscore.training import evaluate as ev
+from crmscore.training import tracking
+from crmscore.training.config import TrainConfig
+from crmscore.training.kinds import SPECS
+from crmscore.training.split import choose_as_of_dates, validation_mask
+from crmscore.training.train import (
+    FeatureSet,
+    PropensityTarget,
+    fit_baseline,
+    fit_bundle,
+    infer_feature_set,
+    predict_baseline,
+)
+
+logger = logging.getLogger(__name__)
+
+ID_COLUMNS = ("customer_id", "as_of")
+#: goals of ../shared/BENCHMARKS.md, printed beside the figures
+ORACLE_GOALS = {"auc_ratio": 0.97, "ece": 0.01, "rmse_ratio": 1.05}
+
+
+@dataclass
+class Evaluation:
+    """What one model scored on held-out data: metrics, plots and tables to log."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+@dataclass
+class TrainedModel:
+    kind: ModelKind
+    bundle: ModelBundle
+    evaluation: Evaluation
+    run: tracking.RunRecord | None = None
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def _labels(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def evaluate_bundle(
+    bundle: ModelBundle,
+    test: pd.DataFrame,
+    *,
+    label: str | None = None,
+    targets: Sequence[PropensityTarget] = (),
+    baseline: Any = None,
+    features: FeatureSet | None = None,
+    truth: pd.DataFrame | None = None,
+    with_plots: bool = True,
+) -> Evaluation:
+    """Metrics (and plots) of ``bundle`` on ``test``, against the baseline and the truth if given.
+
+    ``truth`` is indexed by ``customer_id`` with the synthetic generator's columns
+    (``true_churn``, ``true_purchase_<c>``, ``true_default``, ``true_margin``).
+    """
+    kind = bundle.kind
+    out = Evaluation()
+    if kind is ModelKind.PROPENSITY:
+        return _evaluate_propensity(bundle, test, targets, truth, with_plots)
+    label = label or SPECS[kind].label
+    y_all = _labels(test, label)
+    rows = test.loc[~np.isnan(y_all)]
+    y = y_all[~np.isnan(y_all)]
+    pred = bundle.predict(bundle.encode(rows))
+    title = kind.value.replace("_", " ")
+    if kind.is_classifier:
+        out.metrics.update(ev.binary_metrics(y, pred))
+        if not (kind is ModelKind.CREDIT_RISK):
+            out.metrics.pop("ks", None)
+            out.metrics.pop("gini", None)
+        if with_plots:
+            out.figures["calibration"] = ev.plot_calibration(y, pred, f"{title}: calibration (test)")
+            out.figures["gain"] = ev.plot_gain(y, pred, f"{title}: gain and lift (test)")
+            out.figures["roc"] = ev.plot_roc(y, pred, f"{title}: ROC (test)")
+            if kind is ModelKind.CREDIT_RISK:
+                out.figures["ks"] = ev.plot_ks(y, pred, f"{title}: KS (test)")
+        out.tables["lift"] = ev.lift_table(y, pred)
+        if kind is ModelKind.CREDIT_RISK and bundle.scorecard is not None:
+            points = bundle.scorecard.points(pred)
+            grades = pd.Series(bundle.scorecard.grade(points))
+            table = pd.DataFrame({"grade": grades, "default": y}).groupby("grade")["default"].agg(["count", "mean"])
+            out.tables["grades"] = table.reset_index().rename(columns={"mean": "default_rate"})
+    else:
+        out.metrics.update(ev.regression_metrics(y, pred))
+        if with_plots:
+            out.figures["predicted_vs_actual"] = ev.plot_predicted_vs_actual(y, pred, f"{title}: by decile (test)")
+        out.tables["lift"] = ev.lift_table(y, pred)
+    if baseline is not None and features is not None:
+        base_pred = predict_baseline(baseline, kind, rows, features)
+        if kind.is_classifier:
+            b = ev.binary_metrics(y, base_pred)
+            out.metrics.update({"baseline_auc": b["auc"], "baseline_brier": b["brier"],
+                                "auc_lift_over_baseline": out.metrics["auc"] - b["auc"]})
+        else:
+            b = ev.regression_metrics(y, base_pred)
+            out.metrics.update({"baseline_rmse": b["rmse"], "baseline_spearman": b["spearman"],
+                                "rmse_gain_over_baseline": b["rmse"] - out.metrics["rmse"]})
+    if truth is not None:
+        column = {"churn": "true_churn", "credit_risk": "true_default", "expected_margin": "true_margin"}[kind.value]
+        matched = truth[column].reindex(rows["customer_id"].astype(str)).to_numpy(dtype=np.float64)
+        ok = ~np.isnan(matched)
+        if ok.sum() > 10:
+            if kind.is_classifier:
+                r = ev.oracle_ratios(y[ok], pred[ok], matched[ok])
+                out.metrics.update({f"oracle_{k}": v for k, v in r.items()})
+            else:
+                r = ev.regression_oracle_ratio(y[ok], pred[ok], matched[ok])
+                out.metrics.update({f"oracle_{k}": v for k, v in r.items()})
+    return out
+
+
+def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation:
+    out = Evaluation()
+    pred = bundle.predict(bundle.encode(test))
+    aucs, eces, ratios = [], [], []
+    stacked_y, stacked_p = [], []
+    for j, t in enumerate(targets):
+        y = _labels(test, t.label)
+        ok = ~np.isnan(y)
+        if len(np.unique(y[ok])) < 2:
+            continue
+        m = ev.binary_metrics(y[ok], pred[ok, j])
+        slug = t.label.removeprefix("label_purchase_")
+        out.metrics.update({f"{slug}_auc": m["auc"], f"{slug}_ece": m["ece"], f"{slug}_base_rate": m["base_rate"]})
+        aucs.append(m["auc"])
+        eces.append(m["ece"])
+        stacked_y.append(y[ok])
+        stacked_p.append(pred[ok, j])
+        if truth is not None and f"true_purchase_{t.category}" in truth.columns:
+            matched = truth[f"true_purchase_{t.category}"].reindex(test["customer_id"].astype(str)).to_numpy(dtype=np.float64)
+            good = ok & ~np.isnan(matched)
+            r = ev.oracle_ratios(y[good], pred[good, j], matched[good])
+            out.metrics[f"{slug}_oracle_auc_ratio"] = r["auc_ratio"]
+            ratios.append(r["auc_ratio"])
+    if aucs:
+        out.metrics.update({"mean_auc": float(np.mean(aucs)), "mean_ece": float(np.mean(eces)),
+                            "max_ece": float(np.max(eces))})
+    if ratios:
+        out.metrics["oracle_mean_auc_ratio"] = float(np.mean(ratios))
+        out.metrics["oracle_min_auc_ratio"] = float(np.min(ratios))
+    if stacked_y and with_plots:
+        y, p = np.concatenate(stacked_y), np.concatenate(stacked_p)
+        out.figures["calibration"] = ev.plot_calibration(y, p, "propensity: calibration, all categories (test)")
+        out.figures["gain"] = ev.plot_gain(y, p, "propensity: gain, all categories (test)")
+    return out
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+#: target-specific propensity features: name -> customer column pattern per category slug
+TARGET_FEATURE_PATTERNS = {
+    "target_revenue_share_365d": "revenue_share_365d_{slug}",
+    "target_days_since_last_purchase": "days_since_last_purchase_{slug}",
+    "target_order_count_365d": "order_count_365d_{slug}",
+}
+
+
+def propensity_targets(frame: pd.DataFrame, categories: Sequence[str]) -> list[PropensityTarget]:
+    """One target per category, with the category's own columns of the customer features."""
+    from crmscore.features.catalogue import category_slugs
+
+    out = []
+    for category, slug in zip(categories, category_slugs(categories), strict=True):
+        own = {name: pattern.format(slug=slug) for name, pattern in TARGET_FEATURE_PATTERNS.items()}
+        own = {name: column for name, column in own.items() if column in frame.columns}
+        out.append(PropensityTarget(category, f"label_purchase_{slug}", own))
+    return out
+
+
+@dataclass
+class TrainingData:
+    """The stacked snapshots a training run learns from, and where they came from."""
+
+    frame: pd.DataFrame
+    train_dates: list[date]
+    test_date: date
+    features: FeatureSet
+    categories: list[str]
+    truth: pd.DataFrame | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [c for c in self.frame.columns if c.startswith("label_")]
+
+    def split(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        as_of = self.frame["as_of"]
+        test = self.frame[as_of == pd.Timestamp(self.test_date)]
+        history = self.frame[as_of < pd.Timestamp(self.test_date)]
+        in_valid = validation_mask(history["customer_id"])
+        return history[~in_valid], history[in_valid], test
+
+
+def prepare_training_data(
+    base_path: Path,
+    config: TrainConfig,
+    *,
+    test_as_of: date | None = None,
+    engine: str = "local",
+    master: str | None = None,
+) -> TrainingData:
+    """Validate the base, stack the snapshots, and (synthetic bases) load the truth."""
+    from crmscore.features.pipeline import (
+        base_categories,
+        build_training_frame,
+        catalogue_specs,
+        monthly_as_of_dates,
+    )
+    from crmscore.features.validate import load_base
+
+    base = load_base(base_path)
+    available = monthly_as_of_dates(base, config.horizon_days)
+    train_dates, test_date = choose_as_of_dates(available, config.horizon_days, config.train_snapshots, test_as_of)
+    logger.info("training on as-of %s; testing out of time on %s", ", ".join(map(str, train_dates)), test_date)
+    frame = build_training_frame(base, [*train_dates, test_date], config.horizon_days, engine=engine, master=master)
+    categories = list(base_categories(base))
+    descriptions = {s.name: s.meaning for s in catalogue_specs(categories)}
+    labels = [c for c in frame.columns if c.startswith("label_")]
+    features = infer_feature_set(frame, [*ID_COLUMNS, *labels], descriptions)
+    truth = load_truth(base_path, test_date, config.horizon_days)
+    return TrainingData(frame, train_dates, test_date, features, categories, truth)
+
+
+def load_truth(base_path: Path, as_of: date, horizon_days: int) -> pd.DataFrame | None:
+    """The synthetic generator's truth at (as_of, horizon), computed if not written; None for real bases."""
+    from crmscore.features import synthetic
+
+    traits = Path(base_path) / "_truth" / "traits.parquet"
+    if not traits.is_file():
+        return None
+    path = synthetic.truth_path(base_path, as_of, horizon_days)
+    if path.is_file():
+        truth = pd.read_parquet(path)
+    else:
+        truth = synthetic.compute_truth(synthetic.load_synthetic_base(base_path), as_of, horizon_days)
+        synthetic.write_parquet_atomic(truth, path)
+    truth["customer_id"] = truth["customer_id"].astype(str)
+    return truth.set_index("customer_id")
+
+
+def fit_kind(kind: ModelKind, data: TrainingData, config: TrainConfig, *, with_plots: bool = True) -> TrainedModel:
+    """Fit, evaluate (test, baseline, oracle) one kind on prepared data. No MLflow."""
+    train, valid, test = data.split()
+    targets = propensity_targets(data.frame, data.categories) if kind is ModelKind.PROPENSITY else []
+    if kind is ModelKind.CREDIT_RISK and "label_default" not in data.frame.columns:
+        raise ValueError("the credit-risk model needs an invoices table in the base; this base has none")
+    bundle = fit_bundle(kind, train, valid, data.features, config, targets=targets)
+    baseline = None
+    if kind is not ModelKind.PROPENSITY:
+        baseline = fit_baseline(kind, train, data.features, SPECS[kind].label, config)
+    evaluation = evaluate_bundle(bundle, test, targets=targets, baseline=baseline, features=data.features,
+                                 truth=data.truth, with_plots=with_plots)
+    bundle.metrics = dict(evaluation.metrics)
+    bundle.info.update({"train_as_of": [str(d) for d in data.train_dates], "test_as_of": str(data.test_date)})
+    return TrainedModel(kind, bundle, evaluation)
+
+
+def train_job(
+    base_path: Path,
+    kinds: Sequence[ModelKind],
+    config: TrainConfig,
+    *,
+    test_as_of: date | None = None,
+    engine: str = "local",
+    master: str | None = None,
+    home: Path | None = None,
+    register: bool = True,
+) -> list[TrainedModel]:
+    """``crmscore train``: fit each kind, log and register it in MLflow."""
+    data = prepare_training_data(base_path, config, test_as_of=test_as_of, engine=engine, master=master)
+    tracking.setup_tracking(home)
+    identity = {
+        "crmscore.data.base": str(Path(base_path).resolve()),
+        "crmscore.data.train_as_of": ",".join(map(str, data.train_dates)),
+        "crmscore.data.test_as_of": str(data.test_date),
+        "crmscore.data.rows": str(len(data.frame)),
+        "crmscore.data.hash": tracking.frame_fingerprint(data.frame),
+        "crmscore.data.truth": "yes" if data.truth is not None else "no",
+    }
+    results = []
+    _, _, test = data.split()
+    for kind in kinds:
+        model = fit_kind(kind, data, config)
+        params = {"horizon_days": config.horizon_days, "train_snapshots": len(data.train_dates),
+                  **config.lightgbm.model_dump(), "trees": model.bundle.booster.num_trees(),
+                  "features": len(data.features.names)}
+        if kind is ModelKind.CREDIT_RISK:
+            params.update({f"scorecard_{k}": v for k, v in config.scorecard.model_dump().items()})
+        if kind is ModelKind.EXPECTED_MARGIN:
+            params.update({f"clv_{k}": v for k, v in config.clv.model_dump().items()})
+        keep = [c for c in test.columns if c in data.features.names or c in ID_COLUMNS or c.startswith("label_")]
+        model.run = tracking.log_run(
+            model.bundle, params=params, metrics=model.evaluation.metrics, tags=identity,
+            figures=model.evaluation.figures, input_example=test[data.features.names],
+            test_frame=test[keep], tables=model.evaluation.tables, register=register, home=home,
+            run_name=f"{kind.value}-{data.test_date}",
+        )
+        _close(model.evaluation.figures)
+        results.append(model)
+    return results
+
+
+def _close(figures: dict[str, Any]) -> None:
+    for fig in figures.values():
+        fig.clear()
+
+
+# --- promote -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    kind: ModelKind
+    challenger: str | None
+    champion: str | None
+    promoted: bool
+    reason: str
+
+
+def headline(kind: ModelKind, metrics: dict[str, float]) -> float:
+    return float(metrics[SPECS[kind].headline])
+
+
+def decide(kind: ModelKind, challenger: float, champion: float, config: TrainConfig) -> tuple[bool, str]:
+    """The promotion gate: not worse than the champion beyond the tolerance (pure)."""
+    spec = SPECS[kind]
+    name = spec.headline
+    if spec.higher_is_better:
+        ok = challenger >= champion - config.auc_tolerance
+        bound = f"tolerance {config.auc_tolerance}"
+    else:
+        ok = challenger <= champion * (1 + config.rmse_tolerance)
+        bound = f"tolerance {config.rmse_tolerance:.0%}"
+    verdict = "not worse than" if ok else "worse than"
+    return ok, (f"{name} {challenger:.4f} (challenger) vs {champion:.4f} (champion) on the same "
+                f"out-of-time data: {verdict} the champion ({bound})")
+
+
+def promote_job(
+    kinds: Sequence[ModelKind], config: TrainConfig, *, version: str | None = None, home: Path | None = None
+) -> list[PromotionDecision]:
+    """``crmscore promote``: move alias ``champion`` to the newest version when it earns it."""
+    tracking.setup_tracking(home)
+    decisions = []
+    for kind in kinds:
+        challenger = version or tracking.latest_version(kind)
+        if challenger is None:
+            decisions.append(PromotionDecision(kind, None, None, False, f"no registered version of {kind.registered_name}; run `crmscore train` first"))
+            continue
+        champion = tracking.champion_version(kind)
+        if champion is None:
+            reason = "first version: promoted without a comparison"
+            tracking.set_champion(kind, challenger, reason)
+            decisions.append(PromotionDecision(kind, challenger, None, True, reason))
+            continue
+        if champion == challenger:
+            decisions.append(PromotionDecision(kind, challenger, champion, False, f"version {challenger} already is the champion"))
+            continue
+        test = tracking.download_test_frame(tracking.version_run_id(kind, challenger))
+        scores = {}
+        for role, v in (("challenger", challenger), ("champion", champion)):
+            bundle = tracking.download_bundle(kind, v)
+            targets = propensity_targets(test, bundle.targets) if kind is ModelKind.PROPENSITY else []
+            try:
+                scores[role] = headline(kind, evaluate_bundle(bundle, test, targets=targets, with_plots=False).metrics)
+            except KeyError as exc:  # the champion reads features the new data lacks
+                scores[role] = float("-inf") if SPECS[kind].higher_is_better else float("inf")
+                logger.warning("%s version %s cannot score the new test data: %s", kind.value, v, exc)
+        ok, reason = decide(kind, scores["challenger"], scores["champion"], config)
+        if ok:
+            tracking.set_champion(kind, challenger, reason)
+        decisions.append(PromotionDecision(kind, challenger, champion, ok, reason))
+    return decisions

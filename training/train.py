@@ -1,0 +1,422 @@
+"""Fitting the four kinds: pure functions from frames to a :class:`~crmscore.bundle.ModelBundle`.
+
+No files, no MLflow here (``tracking.py`` logs what this returns). Every fit follows one recipe:
+
+1. the rows are split into *train* and *validation*; validation is halved by a seeded shuffle
+   into an *early-stopping* half and a *calibration* half, so the calibrator is fitted on rows
+   the booster never saw, not even to choose its number of trees;
+2. LightGBM with categoricals handled natively (integer codes + ``categorical_feature``),
+   monotone constraints where the kind has them, early stopping on the first half;
+3. classifiers: the positive class is up-weighted by sqrt(neg/pos) when rare, and an isotonic
+   (or, on small data, Platt) calibrator maps raw scores to honest probabilities;
+4. a simple scikit-learn baseline (logistic / ridge regression on imputed, scaled, one-hot
+   features) is fitted beside it, so the lift of the booster over it is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from crmscore.bundle import Calibrator, ModelBundle, ModelKind
+from crmscore.training.config import TrainConfig
+from crmscore.training.kinds import SPECS
+
+logger = logging.getLogger(__name__)
+
+#: fewer rows than this and a model cannot learn anything worth registering
+MIN_ROWS = 50
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The columns a model reads and how: names in order, categorical levels, descriptions."""
+
+    names: list[str]
+    categorical: dict[str, list[str]]
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PropensityTarget:
+    """One product category of the propensity model: its label and its own feature columns.
+
+    ``own_features`` maps a target-specific feature name (e.g. ``target_revenue_share_365d``)
+    to the customer column holding it for this category (e.g. ``revenue_share_365d_books``).
+    """
+
+    category: str
+    label: str
+    own_features: dict[str, str | None] = field(default_factory=dict)
+
+
+def infer_feature_set(
+    frame: pd.DataFrame, exclude: Sequence[str], descriptions: dict[str, str] | None = None
+) -> FeatureSet:
+    """Every column but ``exclude``; text and category columns are categorical.
+
+    Raises a ValueError naming columns that are neither numeric nor text (e.g. dates).
+    """
+    names, categorical, bad = [], {}, []
+    for col in frame.columns:
+        if col in exclude:
+            continue
+        s = frame[col]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            categorical[col] = [str(v) for v in s.cat.categories]
+        elif pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+            pass
+        elif pd.api.types.is_string_dtype(s) or s.dtype == object:
+            categorical[col] = sorted({str(v) for v in s.dropna().unique()})
+        else:
+            bad.append(f"{col} ({s.dtype})")
+            continue
+        names.append(col)
+    if bad:
+        raise ValueError(f"columns of unsupported type (expected numbers or text): {', '.join(bad)}")
+    if not names:
+        raise ValueError("no feature columns left to learn from")
+    return FeatureSet(names, categorical, descriptions or {})
+
+
+def split_validation(n: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the early-stopping and calibration halves of ``n`` validation rows."""
+    order = np.random.default_rng(random_state).permutation(n)
+    half = n // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def resolve_threads(requested: int, n_rows: int) -> int:
+    """0 = auto: one thread below 100k rows (OpenMP start-up and spinning cost more than they
+    save there, and stall badly when the cores are shared), every core above."""
+    if requested > 0:
+        return requested
+    import os
+
+    return 1 if n_rows < 100_000 else (os.cpu_count() or 1)
+
+
+def _params(kind: ModelKind, config: TrainConfig, objective: str, n_rows: int = 0) -> dict:
+    s = config.lightgbm
+    params = {
+        "objective": objective,
+        "learning_rate": s.learning_rate,
+        "num_leaves": s.num_leaves,
+        "min_child_samples": s.min_child_samples,
+        "feature_fraction": s.feature_fraction,
+        "bagging_fraction": s.bagging_fraction,
+        "bagging_freq": s.bagging_freq,
+        "lambda_l2": s.lambda_l2,
+        "num_threads": resolve_threads(s.num_threads, n_rows),
+        "seed": config.random_state,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+        "max_cat_to_onehot": 8,
+        "cat_smooth": 10.0,
+    }
+    if objective == "tweedie":
+        params["tweedie_variance_power"] = s.tweedie_variance_power
+    params["metric"] = "binary_logloss" if objective == "binary" else ("tweedie" if objective == "tweedie" else "l2")
+    return params
+
+
+def _train_booster(
+    params: dict,
+    X: np.ndarray,
+    y: np.ndarray,
+    X_es: np.ndarray,
+    y_es: np.ndarray,
+    feature_names: list[str],
+    categorical: list[str],
+    config: TrainConfig,
+    weight: np.ndarray | None = None,
+) -> lgb.Booster:
+    cat_idx = [feature_names.index(c) for c in categorical]
+    train_set = lgb.Dataset(X, y, weight=weight, feature_name=feature_names, categorical_feature=cat_idx, free_raw_data=True)
+    valid_set = lgb.Dataset(X_es, y_es, reference=train_set, categorical_feature=cat_idx)
+    booster = lgb.train(
+        params,
+        train_set,
+        num_boost_round=config.lightgbm.max_rounds,
+        valid_sets=[valid_set],
+        callbacks=[lgb.early_stopping(config.lightgbm.early_stopping_rounds, verbose=False)],
+    )
+    # Keep only the trees early stopping chose: smaller files, cheaper TreeSHAP.
+    best = booster.best_iteration or booster.current_iteration()
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+
+def _monotone_vector(names: list[str], monotone: dict[str, int]) -> list[int]:
+    return [int(monotone.get(n, 0)) for n in names]
+
+
+def _class_weight(y: np.ndarray, config: TrainConfig) -> np.ndarray | None:
+    rate = float(np.mean(y))
+    if 0 < rate < config.imbalance_threshold:
+        w_pos = float(np.sqrt((1 - rate) / rate))
+        return np.where(y > 0, w_pos, 1.0)
+    return None
+
+
+def check_binary_target(y: np.ndarray, what: str) -> None:
+    values = np.unique(y[~np.isnan(y)])
+    if not np.isin(values, [0.0, 1.0]).all():
+        raise ValueError(f"{what} must be 0/1; got values {values[:5].tolist()}")
+    if values.size < 2:
+        raise ValueError(f"{what} is constant ({values.tolist()}): there is nothing to learn")
+
+
+def new_bundle(
+    kind: ModelKind, features: FeatureSet, config: TrainConfig, targets: Sequence[PropensityTarget] = ()
+) -> ModelBundle:
+    """An untrained bundle: features, targets, constraints and settings of the kind."""
+    spec = SPECS[kind]
+    return ModelBundle(
+        kind=kind,
+        feature_names=list(features.names),
+        categorical_levels={k: list(v) for k, v in features.categorical.items()},
+        booster=None,  # type: ignore[arg-type]
+        targets=[t.category for t in targets] if kind is ModelKind.PROPENSITY else [kind.value],
+        target_features={
+            name: [t.own_features.get(name) for t in targets]
+            for name in dict.fromkeys(n for t in targets for n in t.own_features)
+        } if kind is ModelKind.PROPENSITY else {},
+        monotone={k: v for k, v in spec.monotone.items() if k in features.names},
+        descriptions=dict(features.descriptions),
+        horizon_days=config.horizon_days,
+        scorecard=config.scorecard.build() if kind is ModelKind.CREDIT_RISK else None,
+        clv=config.clv.build() if kind is ModelKind.EXPECTED_MARGIN else None,
+    )
+
+
+def fit_bundle(
+    kind: ModelKind,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    features: FeatureSet,
+    config: TrainConfig,
+    *,
+    label: str | None = None,
+    targets: Sequence[PropensityTarget] = (),
+) -> ModelBundle:
+    """Fit one kind's booster and calibrator(s).
+
+    Parameters
+    ----------
+    train, valid : DataFrame
+        Feature columns (``features.names``) and the label column(s); rows with a missing
+        label are not eligible and are left out.
+    label : str, optional
+        Label column (default: the kind's, see ``kinds.SPECS``); unused for propensity.
+    targets : sequence of PropensityTarget
+        Propensity only: the categories to score.
+    """
+    spec = SPECS[kind]
+    label = label or spec.label
+    proto = new_bundle(kind, features, config, targets)
+    if kind is ModelKind.PROPENSITY:
+        return _fit_propensity(proto, train, valid, targets, config)
+
+    def eligible(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        y = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        keep = ~np.isnan(y)
+        return proto.encode(frame.loc[keep]), y[keep]
+
+    X, y = eligible(train)
+    Xv, yv = eligible(valid)
+    if len(y) < MIN_ROWS or len(yv) < 2 * 10:
+        raise ValueError(
+            f"too few rows to learn the {kind.value} model: {len(y)} training and {len(yv)} "
+            f"validation rows with a label (need at least {MIN_ROWS} and 20)"
+        )
+    es, cal = split_validation(len(yv), config.random_state)
+    objective = spec.objective
+    if kind is ModelKind.EXPECTED_MARGIN:
+        # Tweedie needs a non-negative target; with loss-making rows fall back to least squares.
+        objective = "tweedie" if np.nanmin(y) >= 0 else "regression"
+        proto.info["objective"] = objective
+    else:
+        check_binary_target(y, f"label {label!r}")
+    params = _params(kind, config, objective, len(y))
+    if proto.monotone:
+        params["monotone_constraints"] = _monotone_vector(proto.feature_names, proto.monotone)
+        params["monotone_constraints_method"] = "advanced"
+    weight = _class_weight(y, config) if kind.is_classifier else None
+    proto.booster = _train_booster(
+        params, X, y, Xv[es], yv[es], proto.feature_names, list(proto.categorical_levels), config, weight
+    )
+    proto.info.update({"trees": proto.booster.num_trees(), "train_rows": int(len(y)),
+                       "positive_weight": None if weight is None else float(weight.max())})
+    if kind.is_classifier:
+        proto.calibrators[kind.value] = Calibrator.fit(proto.raw(Xv[cal]), yv[cal])
+    logger.info("%s: %d trees on %d rows", kind.value, proto.booster.num_trees(), len(y))
+    return proto
+
+
+def stack_propensity(
+    bundle: ModelBundle, frame: pd.DataFrame, targets: Sequence[PropensityTarget]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(customer, category) rows, customer-major, and their 0/1 labels."""
+    X = bundle.expand(bundle.encode(frame))
+    y = np.column_stack(
+        [pd.to_numeric(frame[t.label], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan) for t in targets]
+    ).ravel()
+    keep = ~np.isnan(y)
+    return X[keep], y[keep]
+
+
+def _fit_propensity(
+    proto: ModelBundle, train: pd.DataFrame, valid: pd.DataFrame, targets: Sequence[PropensityTarget], config: TrainConfig
+) -> ModelBundle:
+    if not targets:
+        raise ValueError("the propensity model needs at least one product category")
+    X, y = stack_propensity(proto, train, targets)
+    check_binary_target(y, "purchase labels")
+    es, cal = split_validation(len(valid), config.random_state)
+    Xe, ye = stack_propensity(proto, valid.iloc[es], targets)
+    names = proto.booster_features
+    categorical = [*proto.categorical_levels, "target_category"]
+    params = _params(ModelKind.PROPENSITY, config, "binary", len(y))
+    proto.booster = _train_booster(params, X, y, Xe, ye, names, categorical, config, _class_weight(y, config))
+    proto.info.update({"trees": proto.booster.num_trees(), "train_rows": int(len(y))})
+    cal_frame = valid.iloc[cal]
+    raw = proto.raw(proto.encode(cal_frame))
+    for j, t in enumerate(targets):
+        yc = pd.to_numeric(cal_frame[t.label], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        ok = ~np.isnan(yc)
+        proto.calibrators[t.category] = Calibrator.fit(raw[ok, j], yc[ok])
+    logger.info("propensity: %d trees on %d (customer, category) rows", proto.booster.num_trees(), len(y))
+    return proto
+
+
+def fit_bundle_cv(
+    kind: ModelKind,
+    frame: pd.DataFrame,
+    features: FeatureSet,
+    config: TrainConfig,
+    *,
+    label: str,
+    targets: Sequence[PropensityTarget] = (),
+    n_folds: int = 5,
+) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
+    """Fit on *all* rows of a smaller table, choosing trees and calibration by cross-validation.
+
+    ``lgb.cv`` picks the number of trees by early stopping across ``n_folds`` folds; the
+    calibrator is fitted on out-of-fold raw scores (each from a fold booster that did not
+    train on the row); the final booster is trained on every row with that many trees.
+    Propensity here is one target (``targets`` of length 1), the flat-table case.
+
+    Returns
+    -------
+    bundle, oof_prediction, y : the fitted bundle, out-of-fold calibrated predictions and labels
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    spec = SPECS[kind]
+    proto = new_bundle(kind, features, config, targets)
+    y = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    keep = ~np.isnan(y)
+    X = proto.expand(proto.encode(frame.loc[keep]))
+    y = y[keep]
+    objective = spec.objective
+    if kind is ModelKind.EXPECTED_MARGIN:
+        objective = "tweedie" if np.nanmin(y) >= 0 else "regression"
+        proto.info["objective"] = objective
+    else:
+        check_binary_target(y, f"label {label!r}")
+    params = _params(kind, config, objective, len(y))
+    if proto.monotone:
+        params["monotone_constraints"] = _monotone_vector(proto.booster_features, proto.monotone)
+        params["monotone_constraints_method"] = "advanced"
+    weight = _class_weight(y, config) if kind.is_classifier else None
+    names = proto.booster_features
+    categorical = [*proto.categorical_levels] + (["target_category"] if kind is ModelKind.PROPENSITY else [])
+    cat_idx = [names.index(c) for c in categorical]
+    splitter = (StratifiedKFold if kind.is_classifier else KFold)(n_folds, shuffle=True, random_state=config.random_state)
+    folds = list(splitter.split(X, y))
+    dataset = lgb.Dataset(X, y, weight=weight, feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
+    result = lgb.cv(
+        params, dataset, num_boost_round=config.lightgbm.max_rounds, folds=folds,
+        callbacks=[lgb.early_stopping(config.lightgbm.early_stopping_rounds, verbose=False)],
+        return_cvbooster=True,
+    )
+    cv_booster = result["cvbooster"]
+    best = int(cv_booster.best_iteration or len(next(iter(v for k, v in result.items() if k != "cvbooster"))))
+    oof_raw = np.empty(len(y))
+    for (_, held), booster in zip(folds, cv_booster.boosters, strict=True):
+        oof_raw[held] = booster.predict(X[held], raw_score=True, num_iteration=best)
+    final = lgb.train(params, dataset, num_boost_round=best)
+    proto.booster = lgb.Booster(model_str=final.model_to_string())
+    proto.info.update({"trees": best, "train_rows": int(len(y)), "cv_folds": n_folds,
+                       "positive_weight": None if weight is None else float(weight.max())})
+    if kind.is_classifier:
+        key = proto.targets[0]
+        proto.calibrators[key] = Calibrator.fit(oof_raw, y)
+        oof = proto.calibrators[key].apply(oof_raw)
+    else:
+        oof = proto.from_raw(oof_raw)
+    logger.info("%s: %d trees chosen by %d-fold cross-validation on %d rows", kind.value, best, n_folds, len(y))
+    return proto, oof, y
+
+
+# --- the baseline ----------------------------------------------------------------------------
+
+
+def fit_baseline(
+    kind: ModelKind, train: pd.DataFrame, features: FeatureSet, label: str, config: TrainConfig
+):
+    """A simple scikit-learn model on the same features, for the lift over it.
+
+    Logistic regression (classifiers) or ridge regression (margin) on median-imputed,
+    standardised numbers and one-hot categories (rare levels grouped).
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    y = pd.to_numeric(train[label], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    rows = train.loc[~np.isnan(y)]
+    y = y[~np.isnan(y)]
+    if len(rows) > config.baseline_max_rows:
+        pick = np.random.default_rng(config.random_state).choice(len(rows), config.baseline_max_rows, replace=False)
+        rows, y = rows.iloc[np.sort(pick)], y[np.sort(pick)]
+    numeric = [c for c in features.names if c not in features.categorical]
+    categorical = list(features.categorical)
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()), numeric),
+            ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="(missing)"),
+                                  OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20)), categorical),
+        ]
+    )
+    model = LogisticRegression(max_iter=500, C=1.0) if kind.is_classifier else Ridge(alpha=1.0)
+    pipe = Pipeline([("pre", pre), ("model", model)])
+    pipe.fit(baseline_frame(rows, features), y)
+    return pipe
+
+
+def baseline_frame(frame: pd.DataFrame, features: FeatureSet) -> pd.DataFrame:
+    """Features as plain numbers and text (what scikit-learn's encoders expect)."""
+    out = {}
+    for c in features.names:
+        s = frame[c]
+        if c in features.categorical:
+            out[c] = s.astype(object).where(s.notna(), None)
+        else:
+            out[c] = pd.to_numeric(s, errors="coerce").astype(np.float64)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def predict_baseline(pipe, kind: ModelKind, frame: pd.DataFrame, features: FeatureSet) -> np.ndarray:
+    X = baseline_frame(frame, features)
+    if kind.is_classifier:
+        return pipe.predict_proba(X)[:, 1]
+    return pipe.predict(X)
