@@ -26,9 +26,17 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 install: $(STAMP)
 
+# The main job end to end on embedded defaults: MLflow tracking in ./mlflow.db, artefacts in
+# ./models, the run's files in $(DEMO_DIR).
 demo: $(STAMP)
 	$(BIN)/crmscore generate --customers $(DEMO_CUSTOMERS) --seed 1 --out $(DEMO_DIR)/base
 	$(BIN)/crmscore validate --base $(DEMO_DIR)/base --as-of 2025-01-01
+	$(BIN)/crmscore train --base $(DEMO_DIR)/base --kind all
+	$(BIN)/crmscore promote --kind all
+	$(BIN)/crmscore features --base $(DEMO_DIR)/base --as-of 2025-01-01 --out $(DEMO_DIR)/snapshot.parquet
+	$(BIN)/crmscore score --features $(DEMO_DIR)/snapshot.parquet --out $(DEMO_DIR)/scores.parquet
+	$(BIN)/crmscore portfolio --scores $(DEMO_DIR)/scores.parquet --out $(DEMO_DIR)/portfolio
+	@echo "portfolio report: $(DEMO_DIR)/portfolio/report.html; MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -324,12 +324,15 @@ class ModelBundle:
         """
         contrib = self.contributions(X) if contributions is None else contributions
         names = self.booster_features
+        values = X
         if contrib.ndim == 3:
             if target is None:
                 chosen = np.argmax(self.predict(X), axis=1)
             else:
                 chosen = np.full(X.shape[0], target)
             contrib = contrib[np.arange(X.shape[0]), chosen]
+            # the expanded rows hold the target-specific feature values
+            values = self.expand(X)[np.arange(X.shape[0]) * len(self.targets) + chosen]
         parts = contrib[:, :-1]
         order = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :top]
         out: list[list[Reason]] = []
@@ -347,8 +350,8 @@ class ModelBundle:
                     continue
                 name = names[j]
                 direction = "up" if c > 0 else "down"
-                value = self._display_value(name, X, i, j)
-                desc = self.descriptions.get(name, name.replace("_", " "))
+                value = self._display_value(name, values, i, j)
+                desc = self.descriptions.get(name, name.replace("_", " ")).split(";")[0]
                 verb = "raises" if c > 0 else "lowers"
                 row.append(Reason(self.reason_code(name, direction), name, direction, c, value,
                                   f"{desc} = {value}: {verb} {noun}"))
@@ -356,11 +359,9 @@ class ModelBundle:
         return out
 
     def _display_value(self, name: str, X: np.ndarray, i: int, j: int) -> float | str | None:
-        if name == "target_category":
-            return None
-        if j >= X.shape[1]:
-            return None
         v = X[i, j]
+        if name == "target_category":
+            return None if np.isnan(v) else self.targets[int(v)]
         if np.isnan(v):
             return None
         levels = self.categorical_levels.get(name)
@@ -370,10 +371,8 @@ class ModelBundle:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(path / "booster.txt"))
+    def to_payload(self) -> dict[str, str]:
+        """The bundle as two strings (booster text, JSON): what ``save`` writes and Spark ships."""
         meta = {
             "format": BUNDLE_FORMAT,
             "kind": self.kind.value,
@@ -390,19 +389,14 @@ class ModelBundle:
             "metrics": self.metrics,
             "info": self.info,
         }
-        (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=_json_default))
-        return path
+        return {"booster": self.booster.model_to_string(), "meta": json.dumps(meta, indent=1, default=_json_default)}
 
     @classmethod
-    def load(cls, path: Path) -> ModelBundle:
-        path = Path(path)
-        meta_file, booster_file = path / "bundle.json", path / "booster.txt"
-        if not meta_file.is_file() or not booster_file.is_file():
-            raise FileNotFoundError(f"{path} is not a model bundle: expected bundle.json and booster.txt")
-        meta = json.loads(meta_file.read_text())
+    def from_payload(cls, payload: dict[str, str], source: str = "payload") -> ModelBundle:
+        meta = json.loads(payload["meta"])
         if meta.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"{path}: bundle format {meta.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
-        booster = lgb.Booster(model_file=str(booster_file))
+            raise ValueError(f"{source}: bundle format {meta.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
+        booster = lgb.Booster(model_str=payload["booster"])
         sc = meta.get("scorecard")
         scorecard = None
         if sc is not None:
@@ -425,6 +419,22 @@ class ModelBundle:
             metrics=meta["metrics"],
             info=meta["info"],
         )
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = self.to_payload()
+        (path / "booster.txt").write_text(payload["booster"])
+        (path / "bundle.json").write_text(payload["meta"])
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ModelBundle:
+        path = Path(path)
+        meta_file, booster_file = path / "bundle.json", path / "booster.txt"
+        if not meta_file.is_file() or not booster_file.is_file():
+            raise FileNotFoundError(f"{path} is not a model bundle: expected bundle.json and booster.txt")
+        return cls.from_payload({"booster": booster_file.read_text(), "meta": meta_file.read_text()}, str(path))
 
 
 def _json_default(value: Any) -> Any:
@@ -465,6 +475,34 @@ def score_frame(bundle: ModelBundle, frame: pd.DataFrame) -> pd.DataFrame:
     cols = output_columns(bundle)
     values = pred if pred.ndim == 2 else pred[:, None]
     return pd.DataFrame(values, columns=cols, index=frame.index)
+
+
+def project_home() -> Path:
+    """The project folder: ``CRMSCORE_HOME``, else the working directory."""
+    import os
+
+    return Path(os.environ.get("CRMSCORE_HOME", Path.cwd())).resolve()
+
+
+def default_tracking_uri(home: Path | None = None) -> str:
+    """The embedded default: a SQLite file ``mlflow.db`` in the project folder."""
+    home = project_home() if home is None else Path(home).resolve()
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def setup_tracking(home: Path | None = None) -> str:
+    """Point MLflow at ``MLFLOW_TRACKING_URI`` or the embedded SQLite default; return the URI.
+
+    Called by commands, jobs and the server's lifespan, never at import time.
+    """
+    import os
+
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return uri
 
 
 def load_registered_bundle(

@@ -227,7 +227,7 @@ def features(
     Features read only events before the as-of date; labels (churn, purchase per category,
     default, margin) describe [as-of, as-of + horizon) and are added when that is observed.
     """
-    from crmscore.features.io import BaseNotFoundError, write_parquet_atomic
+    from crmscore.features.io import BaseNotFoundError, write_snapshot
     from crmscore.features.pipeline import build_snapshot, render_catalogue
     from crmscore.features.validate import BaseValidationError, load_base
 
@@ -244,7 +244,7 @@ def features(
         raise fail(f"{base} fails the data contract; run `crmscore validate --base {base}` for the report:\n{exc}", EXIT_INVALID_DATA) from None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    write_parquet_atomic(snapshot, out)
+    write_snapshot(snapshot, when, out)
     logger.info("wrote %d customers x %d columns to %s", len(snapshot), snapshot.shape[1], out)
 
 
@@ -339,7 +339,7 @@ def train(
             cal = f"ECE {m['ece']:.4f} (goal <= {ORACLE_GOALS['ece']})"
             oracle = f"AUC ratio {m['oracle_auc_ratio']:.3f} (goal >= {ORACLE_GOALS['auc_ratio']})" if "oracle_auc_ratio" in m else "-"
         table.add_row(r.kind.registered_name, str(r.run.version if r.run else "-"), head, base_txt, cal, oracle)
-    Console().print(table)
+    Console(width=max(console.width, 140)).print(table)
 
 
 @app.command()
@@ -397,6 +397,81 @@ def fit_table_command(
                           ("auc", "ece", "brier", "rmse", "mae", "spearman", "top20_capture"))
         logger.info("%s: %s", split, shown)
     logger.info("MLflow run %s", result.run_id)
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+@app.command()
+def score(
+    features_file: Annotated[Path, typer.Option("--features", help="Feature snapshot (Parquet) from `crmscore features`.")],
+    out: Annotated[Path, typer.Option("--out", help="Scores output: a Parquet file (local) or folder (spark).")],
+    engine: Annotated[str, typer.Option("--engine", help="local (default) or spark.")] = "local",
+    master: Annotated[str | None, typer.Option("--master", help="Spark master URL (default local[*]).")] = None,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Customers per chunk: bounds memory.")] = 100_000,
+    reasons: Annotated[
+        str, typer.Option("--reasons", help="Reason codes for: all customers, those with a triggered action, or none.")
+    ] = "actions",
+    policy: Annotated[Path | None, typer.Option("--policy", help="Portfolio policy YAML (default: the packaged one).")] = None,
+) -> None:
+    """Score the whole base with the champion models: scores, CLV, quadrant, actions, reasons.
+
+    Resumable: a run killed part-way and started again continues from its finished chunks;
+    the output appears only when complete.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from crmscore.serving.batch.job import score_base
+    from crmscore.serving.batch.local import BatchError
+    from crmscore.serving.policy import PolicyError, load_policy
+
+    try:
+        loaded_policy = load_policy(policy)
+    except (PolicyError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False, disable=engine != "local") as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                label = {"score": "scoring chunks", "place": "placing in the portfolio"}[phase]
+                tasks[phase] = bar.add_task(label, total=total)
+            bar.update(tasks[phase], completed=done)
+
+        try:
+            result = score_base(features_file, out, policy=loaded_policy, engine=engine, master=master,
+                                chunk_rows=chunk_rows, reasons=reasons, progress=progress)
+        except (FileNotFoundError, LookupError, ValueError) as exc:
+            raise fail(str(exc)) from None
+        except BatchError as exc:
+            raise fail(str(exc), EXIT_INVALID_DATA) from None
+    versions = ", ".join(f"{k} v{v}" for k, v in result.versions.items())
+    logger.info("scores written to %s (models: %s; policy %s)", out, versions, result.cutoffs.label)
+
+
+@app.command()
+def portfolio(
+    scores: Annotated[Path, typer.Option("--scores", help="Scores from `crmscore score` (Parquet file or folder, or CSV).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.html, report.md, plots and tables.")],
+    previous: Annotated[Path | None, typer.Option("--previous", help="An earlier scoring, for quadrant migration.")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Portfolio policy YAML (default: the packaged one).")] = None,
+) -> None:
+    """Write the customer portfolio report: quadrants, 80/20, value bands, migration, actions."""
+    from crmscore.serving.policy import PolicyError
+    from crmscore.serving.report import run_portfolio
+
+    try:
+        run = run_portfolio(scores, out, previous_path=previous, policy_path=policy)
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from None
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_INVALID_DATA) from None
+    counts = ", ".join(f"{q} {n:,}" for q, n in run.quadrant_counts.items())
+    logger.info("portfolio: %s", counts)
+    console.print(f"report: {run.report_path}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

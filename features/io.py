@@ -100,6 +100,17 @@ def write_arrow_atomic(table: pa.Table, path: Path) -> None:
         raise
 
 
+#: Parquet metadata key holding a snapshot's as-of date (ISO), read by batch scoring
+AS_OF_KEY = b"crmscore.as_of"
+
+
+def write_snapshot(snapshot: pd.DataFrame, as_of: object, path: Path) -> None:
+    """Write a feature snapshot with its as-of date in the Parquet metadata."""
+    table = pa.Table.from_pandas(snapshot, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), AS_OF_KEY: str(as_of).encode()})
+    write_arrow_atomic(table, path)
+
+
 @dataclass(frozen=True)
 class Base:
     """A validated base: typed frames, optional tables None when absent."""

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 
 import numpy as np
+
 from crmscore.features.catalogue import FeatureSpec, category_slugs
 
 #: days past due at which an unpaid invoice counts as a default

@@ -13,7 +13,8 @@ Conventions, the same in every family:
   are NaN, which tree models treat as "missing"; ``current_days_past_due`` is 0 without an
   open invoice, the convention of credit bureaus (nothing is past due);
 * day differences from timestamps are fractional days; from calendar dates, whole days;
-* an *order* is an ``order_id`` of the customer; its time is that of its earliest line.
+* an *order* is an ``order_id`` of the customer at one time (the lines of an order share its
+  time; an id recorded at two times counts as two purchases).
 
 The fast path works on numpy arrays in *customer position space* (each event carries the
 row of its customer): sums and counts are ``np.bincount``, extremes ``np.maximum.at``,
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from crmscore.features import labels as L
 from crmscore.features.catalogue import FeatureSpec, category_slugs
 from crmscore.features.schema import CUSTOMERS, INTERACTION_KINDS
@@ -279,8 +281,11 @@ def extra_attributes(customers: pd.DataFrame) -> dict[str, str]:
 
 
 def vocabulary(values: pd.Series) -> tuple[str, ...]:
-    """Sorted distinct non-empty text values of a column: the levels of its categorical."""
-    return tuple(sorted(str(v) for v in pd.unique(values.dropna())))
+    """Sorted distinct non-missing text values of a column: the levels of its categorical."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = pd.Series(values.cat.categories[np.unique(values.cat.codes[values.cat.codes >= 0])])
+    distinct = pc.unique(_to_arrow(values)).drop_null()
+    return tuple(sorted(str(v) for v in distinct.to_pylist()))
 
 
 # --- encoding: from frames to arrays in customer position space -------------------------------
@@ -294,7 +299,7 @@ def _to_arrow(values: pd.Series) -> pa.Array | pa.ChunkedArray:
 
 
 #: run-length lookups pay off when at most this share of rows starts a new run
-_RUN_SHARE = 0.5
+RUN_SHARE = 0.5
 
 
 def _index_in(values: pd.Series, universe: pd.Series) -> np.ndarray:
@@ -328,14 +333,26 @@ def _index_in(values: pd.Series, universe: pd.Series) -> np.ndarray:
         found = pc.index_in(a, value_set=target).fill_null(-1)
         return found.to_numpy(zero_copy_only=False).astype(np.int64)
 
-    if n > 1024:
-        same = pc.equal(arr.slice(1), arr.slice(0, n - 1)).fill_null(False)
-        starts = np.flatnonzero(~np.concatenate(([False], same.to_numpy(zero_copy_only=False))))
-        if starts.size <= _RUN_SHARE * n:
-            if isinstance(arr, pa.ChunkedArray):  # a take across many chunks is slow
-                arr = arr.combine_chunks()
-            return np.repeat(lookup(arr.take(pa.array(starts))), np.diff(np.append(starts, n)))
+    starts = run_starts(arr) if n > 1024 else None
+    if starts is not None and starts.size <= RUN_SHARE * n:
+        return np.repeat(lookup(run_heads(arr, starts)), np.diff(np.append(starts, n)))
     return lookup(arr)
+
+
+def run_starts(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Positions where a run of equal values starts (a null starts a run of its own)."""
+    n = len(arr)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    same = pc.equal(arr.slice(1), arr.slice(0, n - 1)).fill_null(False)
+    return np.flatnonzero(~np.concatenate(([False], same.to_numpy(zero_copy_only=False))))
+
+
+def run_heads(arr: pa.Array | pa.ChunkedArray, starts: np.ndarray) -> pa.Array:
+    """The first value of each run."""
+    if isinstance(arr, pa.ChunkedArray):  # a take across many chunks is slow
+        arr = arr.combine_chunks()
+    return arr.take(pa.array(starts))
 
 
 def _dense_index_in(values: np.ndarray, universe: np.ndarray) -> np.ndarray | None:
@@ -344,6 +361,11 @@ def _dense_index_in(values: np.ndarray, universe: np.ndarray) -> np.ndarray | No
     if universe.size == 0:
         return np.full(values.size, -1, dtype=np.int64)
     lo, hi = int(universe.min()), int(universe.max())
+    if hi - lo == universe.size - 1 and universe[0] == lo and bool(np.all(np.diff(universe) == 1)):
+        # Consecutive codes lo, lo+1, ...: a position is the code minus lo.
+        if lo == 0 and (values.size == 0 or (values.min() >= -1 and values.max() <= hi)):
+            return values.astype(np.int64, copy=False)
+        return np.where((values >= lo) & (values <= hi), values - lo, -1)
     if hi - lo > 8 * (values.size + universe.size) + 1024:
         return None
     table = np.full(hi - lo + 1, -1, dtype=np.int64)
@@ -389,8 +411,8 @@ class _Transactions:
     category: np.ndarray
     revenue: np.ndarray
     margin: np.ndarray
-    order_pos: np.ndarray  # past orders
-    order_ts: np.ndarray  # time of each order's earliest past line
+    order_pos: np.ndarray  # past orders, in (customer, time) order
+    order_ts: np.ndarray
     h_pos: np.ndarray  # horizon lines (T <= ts < T + H)
     h_category: np.ndarray
     h_margin: np.ndarray
@@ -461,24 +483,38 @@ def _encode_transactions(
     past = ts < t
     p_pos, p_ts = pos[past], ts[past]
 
-    # Orders: an order_id of a customer (an id reused by two customers is two orders),
-    # at the time of its earliest past line.
-    order_ids = _rows(tx["order_id"], keep)
-    order_code, n_orders = _factorize(_rows(order_ids, _select(past)))
-    order_pos = np.full(n_orders, -1, dtype=np.int64)
-    order_pos[order_code] = p_pos
-    if not np.array_equal(order_pos[order_code], p_pos):
-        order_code, n_orders = _factorize(order_code * max(len(customer_ids), 1) + p_pos)
-        order_pos = np.empty(n_orders, dtype=np.int64)
-        order_pos[order_code] = p_pos
-    order_ts = np.full(n_orders, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(order_ts, order_code, p_ts)
-
+    order_pos, order_ts = _orders(p_pos, p_ts, _rows(_rows(tx["order_id"], keep), _select(past)))
     return _Transactions(
         pos=p_pos, ts=p_ts, category=cat[past], revenue=revenue[past], margin=margin[past],
         order_pos=order_pos, order_ts=order_ts,
         h_pos=pos[~past], h_category=cat[~past], h_margin=margin[~past],
     )
+
+
+def _orders(pos: np.ndarray, ts: np.ndarray, order_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Customer and time of each order, in (customer, time) order.
+
+    An order is an ``order_id`` of a customer at one time: the lines of an order share its
+    time. Lines are grouped by (customer, time) first, with integers only; order ids are
+    hashed just for lines that share their (customer, time) with another line, to tell
+    apart several orders placed at the same moment.
+    """
+    if not _is_sorted(pos, ts):
+        by_time = np.argsort(ts, kind="stable")
+        order = by_time[np.argsort(pos[by_time], kind="stable")]
+        pos, ts, order_ids = pos[order], ts[order], _rows(order_ids, order)
+    starts = np.ones(pos.size, dtype=bool)
+    starts[1:] = (pos[1:] != pos[:-1]) | (ts[1:] != ts[:-1])
+    moment = np.cumsum(starts) - 1  # (customer, time) group of each line
+    shared = np.flatnonzero(np.bincount(moment)[moment] > 1) if pos.size else moment
+    if shared.size:
+        codes, n_ids = _factorize(_rows(order_ids, shared))
+        key, _ = _factorize(moment[shared] * n_ids + codes)
+        # factorize numbers keys by first appearance: a line starts an order when its key
+        # is larger than every key before it
+        seen = np.maximum.accumulate(key)
+        starts[shared] = key > np.concatenate(([-1], seen[:-1]))
+    return pos[starts], ts[starts]
 
 
 def _encode_invoices(inv: pd.DataFrame, customer_ids: pd.Series) -> _Invoices:
@@ -572,13 +608,8 @@ def _trend(c: _Chunk) -> None:
     c.out["revenue_prev_90d"] = revenue_prev
     c.out["revenue_trend_90d_ratio"] = _ratio(recent - revenue_prev, recent + revenue_prev)
 
-    # Gaps between consecutive orders of a customer: orders sorted by (customer, time).
+    # Gaps between consecutive orders of a customer (orders come in (customer, time) order).
     pos, ts = tx.order_pos, tx.order_ts
-    if not _is_sorted(pos, ts):
-        # Two stable sorts, near-linear on logs already in time or customer order.
-        by_time = np.argsort(ts, kind="stable")
-        order = by_time[np.argsort(pos[by_time], kind="stable")]
-        pos, ts = pos[order], ts[order]
     same = pos[1:] == pos[:-1]
     gap_pos = pos[1:][same]
     gaps = _days(np.diff(ts)[same])
@@ -775,7 +806,7 @@ def compute_features(
     for spec in specs:
         values = chunk.out[spec.name]
         columns[spec.name] = values if spec.dtype == "category" else np.asarray(values, dtype=spec.dtype)
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)  # one block per column: no consolidation copy
 
 
 @dataclass(frozen=True)
@@ -864,29 +895,33 @@ def compute_core_rfm(tables: Mapping[str, pd.DataFrame], as_of: date) -> pd.Data
     """
     t = as_of_ns(as_of)
     customers = tables["customers"]
-    known = customers.iloc[np.flatnonzero(to_ns(customers["signup_date"]) < t)]
-    tx = tables["transactions"]
-    pos = customer_positions(tx["customer_id"], known["customer_id"])
-    ts = to_ns(tx["ts"])
-    keep = _select((pos >= 0) & (ts < t))
-    if keep is not None:
-        pos, ts = pos[keep], ts[keep]
-    revenue = _numbers(tx["revenue"], keep)
+    known_rows = _select(to_ns(customers["signup_date"]) < t)
+    known = customers if known_rows is None else customers.iloc[known_rows]
     n = len(known)
-    recent = ts >= t - 90 * NS_PER_DAY
-    count = _sum(pos, n)
-    last = np.full(n, np.iinfo(np.int64).min)
-    np.maximum.at(last, pos, ts)
-    first = np.full(n, np.iinfo(np.int64).max)
-    np.minimum.at(first, pos, ts)
+    tx = tables["transactions"]
+    ts = to_ns(tx["ts"])
+    revenue = tx["revenue"].to_numpy(dtype=np.float64)
+    # Rows before T of known customers go to their customer's bin, the rest to a spare
+    # bin n: one array instead of filtered copies of every column.
+    pos = customer_positions(tx["customer_id"], known["customer_id"])
+    past = np.where((pos >= 0) & (ts < t), pos, n)
+    recent = np.where(ts >= t - 90 * NS_PER_DAY, past, n)
+    count = np.bincount(past, minlength=n + 1)[:n]
+    last = np.full(n + 1, np.iinfo(np.int64).min)
+    np.maximum.at(last, past, ts)
+    first = np.full(n + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, past, ts)
+    last, first = last[:n], first[:n]
     none = count == 0
     first[none], last[none] = NAT_NS, NAT_NS
+    margin = revenue - tx["cost"].to_numpy(dtype=np.float64)
     return pd.DataFrame({
         "customer_id": known["customer_id"].array,
-        "line_count": count,
-        "revenue": _sum(pos, n, revenue),
-        "margin": _sum(pos, n, revenue - _numbers(tx["cost"], keep)),
+        "line_count": count.astype(np.int64, copy=False),
+        "revenue": np.bincount(past, weights=revenue, minlength=n + 1)[:n],
+        "margin": np.bincount(past, weights=margin, minlength=n + 1)[:n],
         "first_ts": first.view("datetime64[ns]"),
         "last_ts": last.view("datetime64[ns]"),
-        "revenue_90d": _sum(pos[recent], n, revenue[recent]),
-    })
+        "revenue_90d": np.bincount(recent, weights=revenue, minlength=n + 1)[:n],
+    }, copy=False)
+

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -21,34 +20,21 @@ from typing import Any
 
 import pandas as pd
 
-from crmscore.bundle import BundlePyfunc, ModelBundle, ModelKind, load_registered_bundle, score_frame
+from crmscore.bundle import (  # noqa: F401  (project_home, setup_tracking: re-exported)
+    BundlePyfunc,
+    ModelBundle,
+    ModelKind,
+    default_tracking_uri,
+    load_registered_bundle,
+    project_home,
+    score_frame,
+    setup_tracking,
+)
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 TEST_FRAME_ARTIFACT = "data/test.parquet"
-
-
-def project_home() -> Path:
-    return Path(os.environ.get("CRMSCORE_HOME", Path.cwd())).resolve()
-
-
-def default_tracking_uri(home: Path | None = None) -> str:
-    home = project_home() if home is None else Path(home).resolve()
-    return f"sqlite:///{home / 'mlflow.db'}"
-
-
-def setup_tracking(home: Path | None = None) -> str:
-    """Point MLflow at ``MLFLOW_TRACKING_URI`` or the embedded SQLite default; return the URI.
-
-    Called by commands and jobs, never at import time.
-    """
-    import mlflow
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
-    return uri
 
 
 def _artifact_root(home: Path | None) -> str | None:

@@ -246,7 +246,7 @@ def fit_bundle(
     params = _params(kind, config, objective, len(y))
     if proto.monotone:
         params["monotone_constraints"] = _monotone_vector(proto.feature_names, proto.monotone)
-        params["monotone_constraints_method"] = "advanced"
+        params["monotone_constraints_method"] = "basic"  # "advanced" was seen to break monotonicity (LightGBM #6155)
     weight = _class_weight(y, config) if kind.is_classifier else None
     proto.booster = _train_booster(
         params, X, y, Xv[es], yv[es], proto.feature_names, list(proto.categorical_levels), config, weight
@@ -333,7 +333,7 @@ def fit_bundle_cv(
     params = _params(kind, config, objective, len(y))
     if proto.monotone:
         params["monotone_constraints"] = _monotone_vector(proto.booster_features, proto.monotone)
-        params["monotone_constraints_method"] = "advanced"
+        params["monotone_constraints_method"] = "basic"  # "advanced" was seen to break monotonicity (LightGBM #6155)
     weight = _class_weight(y, config) if kind.is_classifier else None
     names = proto.booster_features
     categorical = [*proto.categorical_levels] + (["target_category"] if kind is ModelKind.PROPENSITY else [])

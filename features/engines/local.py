@@ -33,11 +33,15 @@ from crmscore.features.io import Base
 from crmscore.features.schema import INTERACTION_KINDS
 from crmscore.features.transforms import (
     EVENT_COLUMNS,
+    NAT_NS,
+    RUN_SHARE,
     SnapshotPlan,
     as_of_ns,
     category_codes,
     compute_core_rfm,
     customer_positions,
+    run_heads,
+    run_starts,
     to_ns,
 )
 
@@ -46,6 +50,8 @@ logger = logging.getLogger(__name__)
 #: up to this many buckets, a chunk finds its rows by one scan of the bucket column;
 #: beyond, rows are grouped once by a sort
 FEW_BUCKETS = 32
+#: columns shorter than this are encoded on one thread
+PARALLEL_MIN_ROWS = 1_000_000
 
 
 def bucket_of(customer_ids: pd.Series, n_buckets: int) -> np.ndarray:
@@ -71,15 +77,47 @@ def _bucket_dtype(n_buckets: int) -> type[np.integer]:
     return np.int8 if n_buckets < 127 else np.int16 if n_buckets < 2**15 - 1 else np.int64
 
 
+def _block_positions(ids: pd.Series, universe: pd.Series, edges: np.ndarray,
+                     pool: ThreadPoolExecutor) -> list[Callable[[], np.ndarray]]:
+    """Positions of ``ids`` in ``universe``, block by block (rows ``edges[i]:edges[i+1]``).
+
+    Runs of equal ids (a log grouped by customer) are found per block in parallel and their
+    first ids looked up in one call, so the hash table of ``universe`` is built once. Returns
+    one function per block that expands its positions, so a block's array is only
+    materialised when the block is worked on.
+    """
+    n = len(ids)
+    spans = list(zip(edges[:-1], edges[1:], strict=True))
+    blocks = [_arrow(ids.iloc[a:b]) for a, b in spans]
+    starts = list(pool.map(run_starts, blocks))
+    if sum(s.size for s in starts) > RUN_SHARE * n:
+        # Not grouped by customer: look every id up, in one block per thread (each lookup
+        # builds the hash table of ``universe`` again, so few and large blocks).
+        halves = np.linspace(0, n, pool._max_workers + 1).astype(int)
+        codes = np.concatenate(list(pool.map(
+            lambda ab: customer_positions(ids.iloc[ab[0]:ab[1]], universe),
+            zip(halves[:-1], halves[1:], strict=True))))
+        return [lambda a=a, b=b: codes[a:b] for a, b in spans]
+    heads = list(pool.map(run_heads, blocks, starts))
+    head_pos = customer_positions(pd.Series(pd.array(pa.chunked_array(heads), dtype=ids.dtype)), universe)
+    offsets = np.cumsum([0] + [s.size for s in starts])
+
+    def expand(i: int) -> Callable[[], np.ndarray]:
+        lengths = np.diff(np.append(starts[i], len(blocks[i])))
+        return lambda: np.repeat(head_pos[offsets[i]:offsets[i + 1]], lengths)
+
+    return [expand(i) for i in range(len(blocks))]
+
+
 def _positions(ids: pd.Series, universe: pd.Series, n_jobs: int) -> np.ndarray:
-    """:func:`customer_positions` over row blocks on ``n_jobs`` threads."""
-    if n_jobs == 1 or len(ids) < 1_000_000:
+    """:func:`customer_positions` of a long column, on ``n_jobs`` threads."""
+    n = len(ids)
+    if n_jobs == 1 or n < PARALLEL_MIN_ROWS or pd.api.types.is_integer_dtype(ids.dtype):
         return customer_positions(ids, universe)
-    edges = np.linspace(0, len(ids), 2 * n_jobs + 1).astype(int)
-    blocks = [ids.iloc[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    edges = np.linspace(0, n, 2 * n_jobs + 1).astype(int)
     with ThreadPoolExecutor(n_jobs) as pool:
-        parts = list(pool.map(lambda block: customer_positions(block, universe), blocks))
-    return np.concatenate(parts)
+        parts = _block_positions(ids, universe, edges, pool)
+        return np.concatenate(list(pool.map(lambda expand: expand(), parts)))
 
 
 def group_rows(row_bucket: np.ndarray, n_buckets: int) -> list[np.ndarray]:
@@ -263,7 +301,7 @@ def _gather(encoded: EncodedBase, parts: list[pd.DataFrame]) -> pd.DataFrame:
             columns[name] = joined.take(order)
         else:
             columns[name] = np.concatenate([p[name].to_numpy() for p in parts])[order]
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)
 
 
 def run_local(base: Base, plan: SnapshotPlan, *, chunk_customers: int, n_jobs: int) -> pd.DataFrame:
@@ -275,14 +313,84 @@ def run_local(base: Base, plan: SnapshotPlan, *, chunk_customers: int, n_jobs: i
     return _gather(encoded, list(map_chunks(encoded, plan.compute, n_jobs)))
 
 
-def run_core_rfm_local(base: Base, as_of: date, *, chunk_customers: int = 100_000,
-                       n_jobs: int = 2) -> pd.DataFrame:
-    """:func:`~crmscore.features.transforms.compute_core_rfm` on the local engine.
+def run_core_rfm_local(
+    base: Base,
+    as_of: date,
+    *,
+    by: str = "rows",
+    n_jobs: int = 2,
+    block_rows: int = 1_000_000,
+    chunk_customers: int = 100_000,
+) -> pd.DataFrame:
+    """:func:`~crmscore.features.transforms.compute_core_rfm` of the whole base, locally.
 
-    The benchmark's "project engine" side: the same encoding, chunking and thread pool as
-    :func:`run_local`, with the core aggregate set instead of the full snapshot.
+    The benchmark's "project engine" side (../shared/BENCHMARKS.md). The core aggregates
+    decompose over rows, so by default (``by="rows"``) the log is cut into blocks of at most
+    ``block_rows`` rows, aggregated on ``n_jobs`` threads and merged (sums add up, first
+    purchases take the minimum, last ones the maximum): memory is bounded by the block,
+    and blocks small enough for the allocator to reuse their buffers run much faster than
+    whole-column passes (fresh pages of a large allocation cost a page fault each).
+    ``by="customers"`` runs them through the snapshot's customer chunks instead.
+
+    Returns
+    -------
+    DataFrame
+        One row per customer known at ``as_of``, in no particular order.
     """
+    if by == "customers":
+        t = as_of_ns(as_of)
+        encoded = encode_base(base, t, t, chunk_customers=chunk_customers, n_jobs=n_jobs,
+                              tables={"transactions": ("ts", "revenue", "cost")})
+        return _gather(encoded, list(map_chunks(
+            encoded, lambda tables: compute_core_rfm(tables, as_of), n_jobs)))
+    if by != "rows":
+        raise ValueError(f"by must be 'rows' or 'customers'; got {by!r}")
     t = as_of_ns(as_of)
-    encoded = encode_base(base, t, t, chunk_customers=chunk_customers, n_jobs=n_jobs,
-                          tables={"transactions": ("ts", "revenue", "cost")})
-    return _gather(encoded, list(map_chunks(encoded, lambda tables: compute_core_rfm(tables, as_of), n_jobs)))
+    customers = base.customers.iloc[np.flatnonzero(to_ns(base.customers["signup_date"]) < t)]
+    n = len(customers)
+    tx = base.transactions
+    coded = customers.assign(customer_id=np.arange(n, dtype=np.int64))
+    edges = np.linspace(0, len(tx), max(n_jobs, math.ceil(len(tx) / block_rows)) + 1).astype(int)
+
+    def aggregate(block: tuple[int, int, Callable[[], np.ndarray]]) -> tuple[int, pd.DataFrame] | None:
+        # A block reads only the customers its codes span: few, in a log grouped by customer.
+        a, b, positions = block
+        block_codes = positions()
+        valid = block_codes[block_codes >= 0]
+        if valid.size == 0:
+            return None
+        lo, hi = int(valid.min()), int(valid.max())
+        rows = {"customer_id": block_codes} | {c: tx[c].iloc[a:b] for c in ("ts", "revenue", "cost")}
+        part = compute_core_rfm(
+            {"customers": coded.iloc[lo:hi + 1], "transactions": pd.DataFrame(rows, copy=False)}, as_of
+        )
+        return lo, part
+
+    total = {c: np.zeros(n) for c in ("revenue", "margin", "revenue_90d")}
+    count = np.zeros(n, dtype=np.int64)
+    first = np.full(n, np.iinfo(np.int64).max)
+    last = np.full(n, NAT_NS)
+    with ThreadPoolExecutor(n_jobs) as pool:
+        positions = _block_positions(tx["customer_id"], customers["customer_id"], edges, pool)
+        blocks = list(zip(edges[:-1], edges[1:], positions, strict=True))
+        for result in pool.map(aggregate, blocks):  # merged in order, as they come
+            if result is None:
+                continue
+            lo, part = result
+            span = slice(lo, lo + len(part))
+            count[span] += part["line_count"].to_numpy()
+            for c, values in total.items():
+                values[span] += part[c].to_numpy()
+            f = part["first_ts"].to_numpy().view(np.int64)
+            first[span] = np.minimum(first[span], np.where(f == NAT_NS, first[span], f))
+            last[span] = np.maximum(last[span], part["last_ts"].to_numpy().view(np.int64))
+    first[first == np.iinfo(np.int64).max] = NAT_NS
+    return pd.DataFrame({
+        "customer_id": customers["customer_id"].array,
+        "line_count": count,
+        "revenue": total["revenue"],
+        "margin": total["margin"],
+        "first_ts": first.view("datetime64[ns]"),
+        "last_ts": last.view("datetime64[ns]"),
+        "revenue_90d": total["revenue_90d"],
+    }, copy=False)

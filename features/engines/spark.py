@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
 from crmscore.features.io import Base
 from crmscore.features.transforms import SnapshotPlan, to_ns
 
@@ -196,7 +197,7 @@ class BucketFunction:
                 data[spec.name] = values.astype(object).where(values.notna(), None).to_numpy()
             else:
                 data[spec.name] = values.to_numpy()
-        return pd.DataFrame(data)
+        return pd.DataFrame(data, copy=False)
 
 
 def pack_base(

@@ -6,6 +6,7 @@ from datetime import date
 
 import numpy as np
 import pytest
+
 from crmscore.features.labels import (
     NAT_NS,
     NS_PER_DAY,

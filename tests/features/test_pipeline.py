@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from crmscore.features.engines import local
 from crmscore.features.io import Base
 from crmscore.features.pipeline import (
     build_snapshot,
@@ -151,6 +153,18 @@ def test_chunking_does_not_change_the_snapshot(base: Base, chunk_customers: int,
     pd.testing.assert_frame_equal(whole, chunked, check_exact=True)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_threaded_encoding_gives_the_same_snapshot(base: Base, monkeypatch: pytest.MonkeyPatch,
+                                                   shuffle: bool) -> None:
+    whole = build_snapshot(base, date(2024, 7, 1), chunk_customers=10_000, n_jobs=1)
+    monkeypatch.setattr(local, "PARALLEL_MIN_ROWS", 100)
+    tx = base.transactions.sample(frac=1.0, random_state=5) if shuffle else base.transactions
+    b = Base(customers=base.customers, transactions=tx, invoices=base.invoices,
+             interactions=base.interactions)
+    threaded = build_snapshot(b, date(2024, 7, 1), chunk_customers=60, n_jobs=2)
+    pd.testing.assert_frame_equal(whole, threaded, check_exact=not shuffle, rtol=1e-12)
+
+
 def test_categories_can_be_fixed(base: Base) -> None:
     snap = build_snapshot(base, date(2024, 7, 1), categories=["books", "toys"])
     assert [c for c in snap.columns if c.startswith("label_purchase_")] == [
@@ -207,3 +221,20 @@ def test_docs_hold_the_generated_catalogue() -> None:
         "python -c 'from crmscore.features.pipeline import render_catalogue as r; "
         "open(\"docs/features.md\", \"w\").write(r())'"
     )
+
+
+# --- real data: CDNOW ------------------------------------------------------------------------------
+
+
+def test_cdnow_snapshot_reproduces_the_benchmark_protocol() -> None:
+    """../shared/BENCHMARKS.md: 70.1% of the 23,570 customers buy nothing in the 39-week
+    holdout, who spend $776,961 in it."""
+    pytest.importorskip("lifetimes")
+    from crmscore.features.datasets import CDNOW_PROTOCOL, DEFAULT_MARGIN_RATE, load_cdnow_base
+
+    snap = build_snapshot(load_cdnow_base(), CDNOW_PROTOCOL.as_of, CDNOW_PROTOCOL.horizon_days)
+    assert len(snap) == 23_570
+    assert round(snap["label_churn"].mean(), 3) == 0.701
+    assert snap["label_margin"].sum() / DEFAULT_MARGIN_RATE == pytest.approx(776_961, abs=1)
+    assert "label_default" not in snap.columns and "invoice_count_lifetime" not in snap.columns
+    assert snap["label_purchase_music"].mean() == pytest.approx(1 - 0.701, abs=1e-3)

@@ -13,6 +13,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pytest
+
 from crmscore.features.io import Base
 from crmscore.features.pipeline import build_snapshot
 from crmscore.features.schema import INTERACTION_KINDS

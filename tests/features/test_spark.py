@@ -10,6 +10,7 @@ from datetime import date
 
 import pandas as pd
 import pytest
+
 from crmscore.features.io import Base
 from crmscore.features.pipeline import build_snapshot
 

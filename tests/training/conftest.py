@@ -1,30 +1,11 @@
-"""Training fixtures: an MLflow tracking store in a temporary folder, and flat tables."""
+"""Training fixtures: flat customer tables."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
-
-@pytest.fixture(scope="session")
-def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A project folder with its own SQLite tracking file and models/ artefacts."""
-    home = tmp_path_factory.mktemp("mlflow_home")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "CRMSCORE_HOME")}
-    os.environ["CRMSCORE_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
-    yield home
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,76 @@
+"""``crmscore score``: load the champions, pick the engine, score the whole base."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from crmscore.bundle import ModelKind, load_registered_bundle, setup_tracking
+from crmscore.serving.batch.chunks import ReasonsMode
+from crmscore.serving.batch.local import Progress, run_local
+from crmscore.serving.policy import Cutoffs, Policy, load_policy
+from crmscore.serving.scoring import ModelSet
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("local", "spark")
+
+
+def load_champions(alias: str = "champion") -> ModelSet:
+    """The four registered models at ``alias`` (credit risk optional), as one ModelSet.
+
+    MLflow must already point at the registry (``MLFLOW_TRACKING_URI`` or the embedded default).
+    """
+    bundles, versions = {}, {}
+    for kind in ModelKind:
+        try:
+            bundles[kind], versions[kind] = load_registered_bundle(kind, alias=alias)
+        except LookupError:
+            if kind is ModelKind.CREDIT_RISK:  # a base without invoices has no credit model
+                logger.warning("no %s@%s: credit scores will be empty", kind.registered_name, alias)
+                continue
+            raise
+    return ModelSet.from_bundles(bundles, versions)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    out_path: Path
+    cutoffs: Cutoffs
+    versions: dict[str, str]
+
+
+def score_base(
+    snapshot_path: Path,
+    out_path: Path,
+    *,
+    models: ModelSet | None = None,
+    policy: Policy | None = None,
+    engine: str = "local",
+    master: str | None = None,
+    chunk_rows: int = 100_000,
+    reasons: str | ReasonsMode = ReasonsMode.ACTIONS,
+    progress: Progress | None = None,
+) -> BatchResult:
+    """Score every customer of a feature snapshot with the champion models.
+
+    Output: one row per customer with the four models' scores, CLV, current value, future
+    potential, quadrant, flags, actions and reason codes, plus the model and policy versions.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if not Path(snapshot_path).is_file() and not Path(snapshot_path).is_dir():
+        raise FileNotFoundError(f"feature snapshot {snapshot_path} does not exist")
+    reasons = ReasonsMode.parse(reasons) if isinstance(reasons, str) else reasons
+    if models is None:
+        setup_tracking()
+        models = load_champions()
+    policy = policy or load_policy()
+    if engine == "spark":
+        from crmscore.serving.batch.spark import run_spark
+
+        cutoffs = run_spark(snapshot_path, out_path, models, policy, reasons=reasons, master=master, chunk_rows=chunk_rows)
+    else:
+        cutoffs = run_local(snapshot_path, out_path, models, policy, reasons=reasons, chunk_rows=chunk_rows, progress=progress)
+    return BatchResult(Path(out_path), cutoffs, {k.value: v for k, v in models.versions.items()})

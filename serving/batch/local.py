@@ -1,0 +1,180 @@
+"""Batch scoring on the local engine: streamed in chunks, resumable, written atomically.
+
+Work happens in a hidden folder beside the output, ``.<out>.work/``:
+
+* ``manifest.json`` says what is being computed (snapshot identity, chunk size, model
+  versions, policy, reasons mode); a different job there is discarded, not mixed in;
+* ``scores-NNNNN.parquet`` (pass 1) and ``placed-NNNNN.parquet`` (pass 2), each written to a
+  temporary name and renamed when complete, so a killed run leaves only whole parts;
+* ``cutoffs.json``, resolved once on all scores.
+
+A rerun skips finished parts. The output appears, by rename, only when every part is done,
+with the cut-offs in its Parquet metadata; then the work folder is removed. Memory is bounded
+by the chunk; LightGBM predicts each chunk on every core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crmscore.features.io import AS_OF_KEY, write_arrow_atomic
+from crmscore.serving.batch.chunks import (
+    ReasonsMode,
+    carried_columns,
+    place_chunk,
+    score_chunk,
+    to_arrow,
+    with_metadata,
+)
+from crmscore.serving.policy import Cutoffs, Policy
+from crmscore.serving.portfolio import resolve_cutoffs
+from crmscore.serving.scoring import ModelSet
+
+logger = logging.getLogger(__name__)
+
+#: columns pass 2 needs to resolve the portfolio cut-offs
+CUTOFF_COLUMNS = ("customer_id", "clv", "current_value", "margin_365d", "cost_to_serve_365d",
+                  "default_prob", "outstanding_balance", "churn_prob", "as_of")
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class BatchError(RuntimeError):
+    """Batch scoring could not finish; the message says what failed. No partial output exists."""
+
+
+def snapshot_identity(path: Path) -> dict:
+    meta = pq.ParquetFile(path).metadata
+    stat = Path(path).stat()
+    digest = hashlib.sha256(str(meta.schema).encode() + str(meta.num_rows).encode()).hexdigest()[:16]
+    return {"path": str(Path(path).resolve()), "rows": meta.num_rows, "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "schema": digest}
+
+
+def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The snapshot in chunks of ``chunk_rows`` rows (the last one shorter), as frames."""
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        yield pa.Table.from_batches([batch]).to_pandas()
+
+
+def _prepare_workdir(work: Path, manifest: dict) -> None:
+    path = work / "manifest.json"
+    if work.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous == manifest:
+            done = len(list(work.glob("scores-*.parquet")))
+            logger.info("resuming: %d finished chunk(s) in %s", done, work)
+            return
+        logger.warning("discarding unfinished work of another job in %s", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    tmp = work / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+
+
+def run_local(
+    snapshot_path: Path,
+    out_path: Path,
+    models: ModelSet,
+    policy: Policy,
+    *,
+    reasons: ReasonsMode = ReasonsMode.ACTIONS,
+    chunk_rows: int = 100_000,
+    num_threads: int = 0,
+    progress: Progress | None = None,
+) -> Cutoffs:
+    """Score every customer of the snapshot into ``out_path`` (one Parquet file).
+
+    Returns the resolved cut-offs. Raises :class:`BatchError` on a disk or permission error,
+    leaving no file at ``out_path``.
+    """
+    snapshot_path, out_path = Path(snapshot_path), Path(out_path)
+    if chunk_rows <= 0:
+        raise ValueError(f"chunk_rows must be a positive number of rows; got {chunk_rows}")
+    total_rows = pq.ParquetFile(snapshot_path).metadata.num_rows
+    n_chunks = max(1, -(-total_rows // chunk_rows))
+    work = out_path.parent / f".{out_path.name}.work"
+    manifest = {
+        "snapshot": snapshot_identity(snapshot_path),
+        "chunk_rows": chunk_rows,
+        "versions": {k.value: v for k, v in models.versions.items()},
+        "policy": policy.label,
+        "reasons": reasons.value,
+    }
+    snapshot_schema = pq.read_schema(snapshot_path)
+    carry = carried_columns(policy, snapshot_schema.names)
+    for column in carry[1]:
+        logger.warning("policy flag column %r is not in the snapshot: that flag is False for every customer", column)
+    as_of = (snapshot_schema.metadata or {}).get(AS_OF_KEY)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_workdir(work, manifest)
+        # Pass 1: scores.
+        for i, chunk in enumerate(iter_chunks(snapshot_path, chunk_rows)):
+            part = work / f"scores-{i:05d}.parquet"
+            if not part.exists():
+                if as_of is not None and "as_of" not in chunk.columns:
+                    chunk.insert(1, "as_of", pd.Timestamp(as_of.decode()))
+                scored = score_chunk(models, chunk, reasons, carry=carry, num_threads=num_threads)
+                write_arrow_atomic(to_arrow(scored), part)
+            if progress:
+                progress("score", i + 1, n_chunks)
+        # Cut-offs, once, on the whole portfolio.
+        cutoffs_file = work / "cutoffs.json"
+        if cutoffs_file.exists():
+            cutoffs = Cutoffs.model_validate_json(cutoffs_file.read_text())
+        else:
+            parts = sorted(work.glob("scores-*.parquet"))
+            columns = [c for c in CUTOFF_COLUMNS if c in pq.ParquetFile(parts[0]).schema_arrow.names]
+            portfolio = pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in parts], ignore_index=True)
+            cutoffs = resolve_cutoffs(policy, portfolio)
+            tmp = work / "cutoffs.json.tmp"
+            tmp.write_text(cutoffs.model_dump_json())
+            os.replace(tmp, cutoffs_file)
+        # Pass 2: portfolio placement (and reasons for triggered actions).
+        snapshot_chunks = iter_chunks(snapshot_path, chunk_rows) if reasons is ReasonsMode.ACTIONS else None
+        schema = None
+        for i in range(n_chunks):
+            features = next(snapshot_chunks) if snapshot_chunks is not None else None
+            part = work / f"placed-{i:05d}.parquet"
+            if not part.exists():
+                scores = pq.read_table(work / f"scores-{i:05d}.parquet").to_pandas()
+                placed = place_chunk(models, scores, policy, cutoffs, reasons, features, num_threads=num_threads)
+                table = to_arrow(placed)
+                write_arrow_atomic(table, part)
+            if progress:
+                progress("place", i + 1, n_chunks)
+        # Assemble: one file, renamed into place when complete.
+        parts = [work / f"placed-{i:05d}.parquet" for i in range(n_chunks)]
+        schema = pq.read_schema(parts[0])
+        schema = with_metadata(schema.empty_table(), cutoffs, policy).schema
+        tmp_out = out_path.parent / f".{out_path.name}.tmp"
+        with pq.ParquetWriter(tmp_out, schema, compression="zstd") as writer:
+            for part in parts:
+                writer.write_table(pq.read_table(part).cast(schema))
+        os.replace(tmp_out, out_path)
+        shutil.rmtree(work, ignore_errors=True)
+    except OSError as exc:
+        try:
+            (out_path.parent / f".{out_path.name}.tmp").unlink(missing_ok=True)
+        except OSError:
+            pass
+        where = exc.filename or out_path
+        raise BatchError(f"batch scoring could not write {where}: {exc.strerror or exc}; nothing was written to {out_path}") from exc
+    logger.info("scored %d customers into %s", total_rows, out_path)
+    return cutoffs

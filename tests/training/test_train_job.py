@@ -1,0 +1,97 @@
+"""crmscore train + promote on a synthetic base: registered, promoted, governed, behaving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmscore.bundle import ModelKind, load_registered_bundle
+from crmscore.training import tracking
+
+
+@pytest.fixture(scope="module")
+def champions(trained_models):
+    tracking.setup_tracking(trained_models.home)
+    return {kind: load_registered_bundle(kind)[0] for kind in ModelKind}
+
+
+@pytest.fixture(scope="module")
+def snapshot(trained_models) -> pd.DataFrame:
+    return pd.read_parquet(trained_models.snapshot_path)
+
+
+def test_four_models_registered_with_champions(trained_models, champions) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for kind in ModelKind:
+        version = client.get_model_version_by_alias(kind.registered_name, "champion")
+        tags = version.tags
+        assert tags["crmscore.data.hash"] and tags["crmscore.data.test_as_of"]
+        assert tags["crmscore.code_version"] if "crmscore.code_version" in tags else True
+        run = mlflow.get_run(version.run_id)
+        assert run.data.tags["crmscore.kind"] == kind.value
+        artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
+        assert artifacts, f"{kind.value} logged no plots"
+        assert champions[kind].metrics  # evaluation travels with the bundle
+
+
+def test_scores_are_sane(champions, snapshot) -> None:
+    churn = champions[ModelKind.CHURN]
+    p = churn.predict(churn.encode(snapshot))
+    assert np.all((p > 0) & (p < 1))
+    prop = champions[ModelKind.PROPENSITY]
+    assert prop.predict(prop.encode(snapshot)).shape == (len(snapshot), len(prop.targets))
+    margin = champions[ModelKind.EXPECTED_MARGIN]
+    assert np.all(margin.predict(margin.encode(snapshot)) >= 0)
+
+
+def test_more_days_late_never_lowers_credit_risk(champions, snapshot) -> None:
+    """Sweep every monotone-constrained payment feature over its range, for many customers."""
+    credit = champions[ModelKind.CREDIT_RISK]
+    rows = snapshot[snapshot["invoice_count_lifetime"] > 0].head(300)
+    X = credit.encode(rows)
+    for feature, sign in credit.monotone.items():
+        j = credit.feature_names.index(feature)
+        column = X[:, j]
+        grid = np.linspace(np.nanmin(column), np.nanmax(column) * 2 + 1, 12)
+        preds = []
+        for value in grid:
+            Xv = X.copy()
+            Xv[:, j] = value
+            preds.append(credit.predict(Xv))
+        steps = np.diff(np.column_stack(preds), axis=1) * sign
+        worst = steps.min()
+        assert worst >= -1e-12, f"{feature}: risk fell by {-worst:.2e} as it rose"
+
+
+def test_a_more_recent_purchase_never_raises_churn_risk(champions, snapshot) -> None:
+    churn = champions[ModelKind.CHURN]
+    rows = snapshot[snapshot["days_since_last_purchase"].notna()].head(500)
+    X = churn.encode(rows)
+    j = churn.feature_names.index("days_since_last_purchase")
+    recent = X.copy()
+    recent[:, j] = np.minimum(X[:, j], 1.0)  # they bought yesterday
+    assert (churn.predict(recent) <= churn.predict(X) + 1e-12).all()
+
+
+def test_credit_reasons_sum_to_the_raw_score(champions, snapshot) -> None:
+    credit = champions[ModelKind.CREDIT_RISK]
+    X = credit.encode(snapshot.head(50))
+    np.testing.assert_allclose(credit.contributions(X).sum(axis=1), credit.raw(X), atol=1e-8)
+
+
+def test_promotion_refuses_a_worse_model(trained_models) -> None:
+    from crmscore.training.config import LightGBMSettings, TrainConfig
+    from crmscore.training.jobs import promote_job, train_job
+
+    before = tracking.champion_version(ModelKind.CHURN)
+    weak = TrainConfig(train_snapshots=2, lightgbm=LightGBMSettings(max_rounds=1, num_leaves=2, learning_rate=0.01))
+    weak = weak.model_copy(update={"auc_tolerance": 0.0})
+    [model] = train_job(trained_models.base_path, [ModelKind.CHURN], weak, home=trained_models.home)
+    [decision] = promote_job([ModelKind.CHURN], weak, home=trained_models.home)
+    assert decision.challenger == model.run.version
+    assert not decision.promoted, decision.reason
+    assert "worse than the champion" in decision.reason
+    assert tracking.champion_version(ModelKind.CHURN) == before
