@@ -267,6 +267,10 @@ def fit_kind(kind: ModelKind, data: TrainingData, config: TrainConfig, *, with_p
     """Fit, evaluate (test, baseline, oracle) one kind on prepared data. No MLflow."""
     train, valid, test = data.split()
     targets = propensity_targets(data.frame, data.categories) if kind is ModelKind.PROPENSITY else []
+    cap = config.max_train_rows // max(1, len(targets))
+    if len(train) > cap:
+        logger.info("%s: training on a seeded sample of %d of %d rows (max_train_rows)", kind.value, cap, len(train))
+        train = train.sample(n=cap, random_state=config.random_state).sort_index()
     if kind is ModelKind.CREDIT_RISK and "label_default" not in data.frame.columns:
         raise ValueError("the credit-risk model needs an invoices table in the base; this base has none")
     bundle = fit_bundle(kind, train, valid, data.features, config, targets=targets)
