@@ -184,6 +184,22 @@ class ClvConfig:
         return m * weights.sum(axis=-1)
 
 
+def encode_columns(frame: pd.DataFrame, names: list[str], levels: dict[str, list[str]]) -> np.ndarray:
+    """Frame -> float64 matrix (n, len(names)): numbers as they are, categoricals as the codes
+    of ``levels`` (unknown level -> NaN), columns absent from ``frame`` -> NaN."""
+    out = np.full((len(frame), len(names)), np.nan)
+    for j, name in enumerate(names):
+        if name not in frame.columns:
+            continue
+        col = frame[name]
+        if name in levels:
+            codes = pd.Categorical(col.astype("object"), categories=levels[name]).codes
+            out[:, j] = np.where(codes < 0, np.nan, codes)
+        else:
+            out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
 # --- the bundle ----------------------------------------------------------------------------------
 
 
@@ -248,16 +264,7 @@ class ModelBundle:
         missing = [c for c in self.feature_names if c not in frame.columns]
         if missing:
             raise KeyError(f"features missing for the {self.kind.value} model: {', '.join(missing)}")
-        out = np.empty((len(frame), len(self.feature_names)), dtype=np.float64)
-        for j, name in enumerate(self.feature_names):
-            col = frame[name]
-            levels = self.categorical_levels.get(name)
-            if levels is not None:
-                codes = pd.Categorical(col.astype("object"), categories=levels).codes
-                out[:, j] = np.where(codes < 0, np.nan, codes)
-            else:
-                out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        return out
+        return encode_columns(frame, self.feature_names, self.categorical_levels)
 
     def expand(self, X: np.ndarray) -> np.ndarray:
         """Propensity: one row per (customer, category), customer-major; identity otherwise."""
@@ -291,7 +298,10 @@ class ModelBundle:
     def from_raw(self, raw: np.ndarray) -> np.ndarray:
         if self.kind is ModelKind.EXPECTED_MARGIN:
             objective = self.info.get("objective", "tweedie")
-            return np.exp(raw) if objective in ("tweedie", "poisson", "gamma") else raw
+            value = np.exp(raw) if objective in ("tweedie", "poisson", "gamma") else raw
+            # A log-link booster's predictions need not add up to the actual total; the scale
+            # fitted on held-out rows (sum of actuals / sum of predictions) balances them.
+            return value * float(self.info.get("margin_scale", 1.0))
         if self.kind is ModelKind.PROPENSITY:
             out = np.empty_like(raw)
             for j, target in enumerate(self.targets):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -408,4 +409,9 @@ customers never invoiced before T), `label_margin` (margin in the horizon).
 For CDNOW the benchmark protocol (calibration to 1997-09-30, holdout 1997-10-01 .. 1998-06-30)
 is as-of **1997-10-01** with a horizon of **273** days in this convention.
 """
-    return intro + "\n" + render_markdown(catalogue_specs(), title="Columns") + "\n"
+    specs = [
+        replace(s, name=s.name.removesuffix("_category") + "_<category>")
+        if "'<category>'" in s.meaning else s
+        for s in catalogue_specs(("<category>",))
+    ]
+    return intro + "\n" + render_markdown(specs, title="Columns") + "\n"

@@ -508,8 +508,8 @@ def _orders(pos: np.ndarray, ts: np.ndarray, order_ids: pd.Series) -> tuple[np.n
     moment = np.cumsum(starts) - 1  # (customer, time) group of each line
     shared = np.flatnonzero(np.bincount(moment)[moment] > 1) if pos.size else moment
     if shared.size:
-        codes, n_ids = _factorize(_rows(order_ids, shared))
-        key, _ = _factorize(moment[shared] * n_ids + codes)
+        codes, n_ids = _factorize(_rows(order_ids, shared))  # -1 for a missing id
+        key, _ = _factorize(moment[shared] * (n_ids + 1) + (codes + 1))
         # factorize numbers keys by first appearance: a line starts an order when its key
         # is larger than every key before it
         seen = np.maximum.accumulate(key)
@@ -667,8 +667,8 @@ def _payment(c: _Chunk) -> None:
     c.out["overdue_balance"] = _sum(iv.pos[overdue], n, iv.amount[overdue])
     c.out["current_days_past_due"] = _max(iv.pos[open_], n, past_due_days[open_], 0).astype(np.int64)
 
-    late_days = np.maximum((iv.paid - iv.due) // NS_PER_DAY, 0).astype(np.float64)
-    p_pos, p_late = iv.pos[paid], late_days[paid]
+    p_pos = iv.pos[paid]
+    p_late = np.maximum((iv.paid[paid] - iv.due[paid]) // NS_PER_DAY, 0).astype(np.float64)
     n_paid = _sum(p_pos, n).astype(np.float64)
     c.out["mean_days_late"] = _ratio(_sum(p_pos, n, p_late), n_paid)
     c.out["max_days_late"] = _max(p_pos, n, p_late)

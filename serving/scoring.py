@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crmscore.bundle import ModelBundle, ModelKind, Reason, output_columns
+from crmscore.bundle import ModelBundle, ModelKind, Reason, encode_columns, output_columns
 
 #: snapshot columns the portfolio needs beside the model scores (features of the snapshot)
 VALUE_COLUMNS = {
@@ -75,23 +75,11 @@ class ModelSet:
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """Snapshot rows -> the union matrix (n, len(feature_names)); absent value columns NaN."""
-        out = np.full((len(frame), len(self.feature_names)), np.nan)
-        missing = []
-        for j, name in enumerate(self.feature_names):
-            if name not in frame.columns:
-                if any(name in b.feature_names for b in self.bundles.values()):
-                    missing.append(name)
-                continue
-            col = frame[name]
-            levels = self.categorical_levels.get(name)
-            if levels is not None:
-                codes = pd.Categorical(col.astype("object"), categories=levels).codes
-                out[:, j] = np.where(codes < 0, np.nan, codes)
-            else:
-                out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        read = {n for b in self.bundles.values() for n in b.feature_names}
+        missing = [n for n in self.feature_names if n in read and n not in frame.columns]
         if missing:
             raise KeyError(f"snapshot lacks features the models read: {', '.join(missing)}")
-        return out
+        return encode_columns(frame, self.feature_names, self.categorical_levels)
 
     def column(self, X: np.ndarray, name: str) -> np.ndarray:
         return X[:, self.feature_names.index(name)]

@@ -164,6 +164,38 @@ def _class_weight(y: np.ndarray, config: TrainConfig) -> np.ndarray | None:
     return None
 
 
+def fit_settings(proto: ModelBundle, y: np.ndarray, config: TrainConfig, label: str) -> tuple[dict, np.ndarray | None]:
+    """LightGBM parameters and row weights for one kind's target (checked here).
+
+    Expected margin: Tweedie needs a non-negative target; with loss-making rows it falls back
+    to least squares. Classifiers: a 0/1 target, rare positives up-weighted.
+    """
+    kind = proto.kind
+    objective = SPECS[kind].objective
+    if kind is ModelKind.EXPECTED_MARGIN:
+        objective = "tweedie" if np.nanmin(y) >= 0 else "regression"
+        proto.info["objective"] = objective
+    else:
+        check_binary_target(y, f"label {label!r}")
+    params = _params(kind, config, objective, len(y))
+    if proto.monotone:
+        params["monotone_constraints"] = _monotone_vector(proto.booster_features, proto.monotone)
+        # "advanced" was seen to break monotonicity (LightGBM issue #6155); "basic" holds it.
+        params["monotone_constraints_method"] = "basic"
+    weight = _class_weight(y, config) if kind.is_classifier else None
+    return params, weight
+
+
+def balance_scale(y: np.ndarray, pred: np.ndarray) -> float:
+    """Sum of actuals / sum of predictions on held-out rows: the expected-margin model's
+    calibration in aggregate (its predictions then add up to what customers actually brought).
+    Bounded to [0.5, 2] so a tiny or odd calibration set cannot swing it."""
+    total = float(np.sum(pred))
+    if not np.isfinite(total) or total <= 0:
+        return 1.0
+    return float(np.clip(np.sum(y) / total, 0.5, 2.0))
+
+
 def check_binary_target(y: np.ndarray, what: str) -> None:
     values = np.unique(y[~np.isnan(y)])
     if not np.isin(values, [0.0, 1.0]).all():
@@ -236,18 +268,7 @@ def fit_bundle(
             f"validation rows with a label (need at least {MIN_ROWS} and 20)"
         )
     es, cal = split_validation(len(yv), config.random_state)
-    objective = spec.objective
-    if kind is ModelKind.EXPECTED_MARGIN:
-        # Tweedie needs a non-negative target; with loss-making rows fall back to least squares.
-        objective = "tweedie" if np.nanmin(y) >= 0 else "regression"
-        proto.info["objective"] = objective
-    else:
-        check_binary_target(y, f"label {label!r}")
-    params = _params(kind, config, objective, len(y))
-    if proto.monotone:
-        params["monotone_constraints"] = _monotone_vector(proto.feature_names, proto.monotone)
-        params["monotone_constraints_method"] = "basic"  # "advanced" was seen to break monotonicity (LightGBM #6155)
-    weight = _class_weight(y, config) if kind.is_classifier else None
+    params, weight = fit_settings(proto, y, config, label)
     proto.booster = _train_booster(
         params, X, y, Xv[es], yv[es], proto.feature_names, list(proto.categorical_levels), config, weight
     )
@@ -255,6 +276,8 @@ def fit_bundle(
                        "positive_weight": None if weight is None else float(weight.max())})
     if kind.is_classifier:
         proto.calibrators[kind.value] = Calibrator.fit(proto.raw(Xv[cal]), yv[cal])
+    else:
+        proto.info["margin_scale"] = balance_scale(yv[cal], proto.predict(Xv[cal]))
     logger.info("%s: %d trees on %d rows", kind.value, proto.booster.num_trees(), len(y))
     return proto
 
@@ -324,17 +347,7 @@ def fit_bundle_cv(
     keep = ~np.isnan(y)
     X = proto.expand(proto.encode(frame.loc[keep]))
     y = y[keep]
-    objective = spec.objective
-    if kind is ModelKind.EXPECTED_MARGIN:
-        objective = "tweedie" if np.nanmin(y) >= 0 else "regression"
-        proto.info["objective"] = objective
-    else:
-        check_binary_target(y, f"label {label!r}")
-    params = _params(kind, config, objective, len(y))
-    if proto.monotone:
-        params["monotone_constraints"] = _monotone_vector(proto.booster_features, proto.monotone)
-        params["monotone_constraints_method"] = "basic"  # "advanced" was seen to break monotonicity (LightGBM #6155)
-    weight = _class_weight(y, config) if kind.is_classifier else None
+    params, weight = fit_settings(proto, y, config, label)
     names = proto.booster_features
     categorical = [*proto.categorical_levels] + (["target_category"] if kind is ModelKind.PROPENSITY else [])
     cat_idx = [names.index(c) for c in categorical]
@@ -360,6 +373,7 @@ def fit_bundle_cv(
         proto.calibrators[key] = Calibrator.fit(oof_raw, y)
         oof = proto.calibrators[key].apply(oof_raw)
     else:
+        proto.info["margin_scale"] = balance_scale(y, proto.from_raw(oof_raw))
         oof = proto.from_raw(oof_raw)
     logger.info("%s: %d trees chosen by %d-fold cross-validation on %d rows", kind.value, best, n_folds, len(y))
     return proto, oof, y

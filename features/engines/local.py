@@ -9,8 +9,11 @@ each bucket's rows are gathered, with the codes standing in for the ids, and han
 pure function Spark runs too (``SnapshotPlan.compute``). About ``2 * n_jobs`` chunks exist
 at a time, so the working memory is bounded by the chunk size, not the base.
 
-Threads, not processes: the expensive steps (Arrow hashing, numpy gathers, sorts and
-reductions) run in C, and a process pool would pickle every chunk's frames both ways.
+Threads, not processes: the expensive steps run in C without the GIL (Arrow kernels; numpy's
+``bincount``, ``nonzero``, fancy indexing and sorts release it: numpy PRs #163, #4475, #4497),
+and a process pool would pickle every chunk's frames both ways. (The speed-up of the second
+thread could not be measured on the shared development machine, whose second core was busy:
+a plain two-thread ``np.sort`` gained nothing there either.)
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def _bucket_dtype(n_buckets: int) -> type[np.integer]:
 
 
 def _block_positions(ids: pd.Series, universe: pd.Series, edges: np.ndarray,
-                     pool: ThreadPoolExecutor) -> list[Callable[[], np.ndarray]]:
+                     pool: ThreadPoolExecutor, n_jobs: int) -> list[Callable[[], np.ndarray]]:
     """Positions of ``ids`` in ``universe``, block by block (rows ``edges[i]:edges[i+1]``).
 
     Runs of equal ids (a log grouped by customer) are found per block in parallel and their
@@ -93,7 +96,7 @@ def _block_positions(ids: pd.Series, universe: pd.Series, edges: np.ndarray,
     if sum(s.size for s in starts) > RUN_SHARE * n:
         # Not grouped by customer: look every id up, in one block per thread (each lookup
         # builds the hash table of ``universe`` again, so few and large blocks).
-        halves = np.linspace(0, n, pool._max_workers + 1).astype(int)
+        halves = np.linspace(0, n, n_jobs + 1).astype(int)
         codes = np.concatenate(list(pool.map(
             lambda ab: customer_positions(ids.iloc[ab[0]:ab[1]], universe),
             zip(halves[:-1], halves[1:], strict=True))))
@@ -116,7 +119,7 @@ def _positions(ids: pd.Series, universe: pd.Series, n_jobs: int) -> np.ndarray:
         return customer_positions(ids, universe)
     edges = np.linspace(0, n, 2 * n_jobs + 1).astype(int)
     with ThreadPoolExecutor(n_jobs) as pool:
-        parts = _block_positions(ids, universe, edges, pool)
+        parts = _block_positions(ids, universe, edges, pool, n_jobs)
         return np.concatenate(list(pool.map(lambda expand: expand(), parts)))
 
 
@@ -356,10 +359,10 @@ def run_core_rfm_local(
         # A block reads only the customers its codes span: few, in a log grouped by customer.
         a, b, positions = block
         block_codes = positions()
-        valid = block_codes[block_codes >= 0]
-        if valid.size == 0:
+        hi = int(block_codes.max(initial=-1))
+        if hi < 0:
             return None
-        lo, hi = int(valid.min()), int(valid.max())
+        lo = int(block_codes.min(where=block_codes >= 0, initial=hi))
         rows = {"customer_id": block_codes} | {c: tx[c].iloc[a:b] for c in ("ts", "revenue", "cost")}
         part = compute_core_rfm(
             {"customers": coded.iloc[lo:hi + 1], "transactions": pd.DataFrame(rows, copy=False)}, as_of
@@ -371,7 +374,7 @@ def run_core_rfm_local(
     first = np.full(n, np.iinfo(np.int64).max)
     last = np.full(n, NAT_NS)
     with ThreadPoolExecutor(n_jobs) as pool:
-        positions = _block_positions(tx["customer_id"], customers["customer_id"], edges, pool)
+        positions = _block_positions(tx["customer_id"], customers["customer_id"], edges, pool, n_jobs)
         blocks = list(zip(edges[:-1], edges[1:], positions, strict=True))
         for result in pool.map(aggregate, blocks):  # merged in order, as they come
             if result is None:
