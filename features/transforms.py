@@ -49,6 +49,8 @@ WINDOWS: tuple[tuple[str, int | None], ...] = (
 PROFILE_CATEGORICALS: tuple[str, ...] = ("segment", "region", "acquisition_channel")
 #: days of recent payment history the days-late trend compares with the earlier history
 PAYMENT_TREND_DAYS = 180
+#: arrears buckets of open invoices, days past due (inclusive bounds; None = and above)
+DPD_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 30), (31, 60), (61, 89), (90, None))
 #: the columns of each event table that :func:`compute_features` reads
 EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "transactions": ("customer_id", "ts", "order_id", "product_category", "revenue", "cost"),
@@ -71,6 +73,10 @@ def _profile_specs() -> list[FeatureSpec]:
              for c in PROFILE_CATEGORICALS]
     specs.append(FeatureSpec("tenure_days", "profile", "Days from sign-up to T",
                              "days", "before T", "int64"))
+    # The season the horizon starts in: buying is seasonal, so the same record means a
+    # different future in October than in March.
+    specs.append(FeatureSpec("as_of_month", "profile", "Calendar month of T (1-12)",
+                             "month", "at T", "int64"))
     return specs
 
 
@@ -91,6 +97,12 @@ def _rfm_specs() -> list[FeatureSpec]:
         FeatureSpec("days_since_first_purchase", "rfm",
                     "Days from the first order to T; NaN without orders",
                     "days", "before T", "float64"),
+        FeatureSpec("margin_per_order_365d", "rfm",
+                    "Average margin of an order: margin_365d / order_count_365d; NaN without orders",
+                    "currency", "[T-365d, T)", "float64"),
+        FeatureSpec("margin_per_order_lifetime", "rfm",
+                    "Average margin of an order: margin_lifetime / order_count_lifetime; NaN without orders",
+                    "currency", "before T", "float64"),
     ]
     return specs
 
@@ -120,6 +132,14 @@ def _mix_specs(categories: Sequence[str]) -> list[FeatureSpec]:
                     "share", "[T-365d, T)", "float64")
         for cat, slug in zip(categories, category_slugs(categories), strict=True)
     ]
+    for cat, slug in zip(categories, category_slugs(categories), strict=True):
+        specs += [
+            FeatureSpec(f"days_since_last_purchase_{slug}", "product_mix",
+                        f"Days from the last order line in category '{cat}' to T; NaN without one",
+                        "days", "before T", "float64"),
+            FeatureSpec(f"line_count_365d_{slug}", "product_mix",
+                        f"Order lines in category '{cat}'", "count", "[T-365d, T)", "int64"),
+        ]
     specs += [
         FeatureSpec("category_breadth_365d_count", "product_mix",
                     "Number of distinct product categories bought", "count", "[T-365d, T)", "int64"),
@@ -163,6 +183,10 @@ def _payment_specs() -> list[FeatureSpec]:
         FeatureSpec("current_days_past_due", "payment",
                     "Largest days past due among open invoices; 0 without one",
                     "days", "at T", "int64", inv),
+        *(FeatureSpec(f"open_dpd_{lo}_{hi}_count" if hi else f"open_dpd_{lo}_plus_count", "payment",
+                      f"Open invoices {lo}" + (f"-{hi}" if hi else "+") + " days past due (arrears bucket)",
+                      "count", "at T", "int64", inv)
+          for lo, hi in DPD_BUCKETS),
         FeatureSpec("mean_days_late", "payment",
                     f"Mean days paid after the due date (0 if on time) over {paid}; NaN without one",
                     "days", "before T", "float64", inv),
@@ -584,6 +608,7 @@ def _profile(c: _Chunk) -> None:
         c.out[column] = _categorical(c.customers[column], c.vocabularies.get(column))
     signup = to_ns(c.customers["signup_date"])
     c.out["tenure_days"] = (c.t - signup) // NS_PER_DAY
+    c.out["as_of_month"] = np.full(c.n, pd.Timestamp(c.t).month, dtype=np.int64)
 
 
 def _rfm(c: _Chunk) -> None:
@@ -598,6 +623,8 @@ def _rfm(c: _Chunk) -> None:
     first = -_max(tx.order_pos, n, -tx.order_ts)
     c.out["days_since_last_purchase"] = _days(c.t - last)
     c.out["days_since_first_purchase"] = _days(c.t - first)
+    for w in ("365d", "lifetime"):
+        c.out[f"margin_per_order_{w}"] = _ratio(c.out[f"margin_{w}"], c.out[f"order_count_{w}"].astype(np.float64))
 
 
 def _trend(c: _Chunk) -> None:
@@ -633,6 +660,15 @@ def _product_mix(c: _Chunk) -> None:
         c.out[f"revenue_share_365d_{slug}"] = _ratio(revenue[:, j], total)
     lines_year = np.bincount(key, minlength=n * k).reshape(n, k)
     c.out["category_breadth_365d_count"] = (lines_year > 0).sum(axis=1).astype(np.int64)
+    known_lines = tx.category >= 0
+    key_known = tx.pos[known_lines] * k + tx.category[known_lines]
+    last = np.full(n * k, np.iinfo(np.int64).min)
+    np.maximum.at(last, key_known, tx.ts[known_lines])
+    last = last.reshape(n, k)
+    for j, slug in enumerate(category_slugs(c.categories)):
+        seen = last[:, j] != np.iinfo(np.int64).min
+        c.out[f"days_since_last_purchase_{slug}"] = np.where(seen, _days(c.t - last[:, j]), np.nan)
+        c.out[f"line_count_365d_{slug}"] = lines_year[:, j].astype(np.int64)
     known = tx.category >= 0
     key_all = tx.pos[known] * k + tx.category[known]
     lines_all = np.bincount(key_all, minlength=n * k).reshape(n, k)
@@ -666,6 +702,10 @@ def _payment(c: _Chunk) -> None:
     overdue = open_ & (past_due_days > 0)
     c.out["overdue_balance"] = _sum(iv.pos[overdue], n, iv.amount[overdue])
     c.out["current_days_past_due"] = _max(iv.pos[open_], n, past_due_days[open_], 0).astype(np.int64)
+    for lo, hi in DPD_BUCKETS:
+        sel = open_ & (past_due_days >= lo) & ((past_due_days <= hi) if hi else True)
+        name = f"open_dpd_{lo}_{hi}_count" if hi else f"open_dpd_{lo}_plus_count"
+        c.out[name] = _sum(iv.pos[sel], n)
 
     p_pos = iv.pos[paid]
     p_late = np.maximum((iv.paid[paid] - iv.due[paid]) // NS_PER_DAY, 0).astype(np.float64)

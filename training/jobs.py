@@ -177,7 +177,7 @@ def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation
 TARGET_FEATURE_PATTERNS = {
     "target_revenue_share_365d": "revenue_share_365d_{slug}",
     "target_days_since_last_purchase": "days_since_last_purchase_{slug}",
-    "target_order_count_365d": "order_count_365d_{slug}",
+    "target_line_count_365d": "line_count_365d_{slug}",
 }
 
 
@@ -240,6 +240,12 @@ def prepare_training_data(
     frame = build_training_frame(base, [*train_dates, test_date], config.horizon_days, engine=engine, master=master)
     categories = list(base_categories(base))
     descriptions = {s.name: s.meaning for s in catalogue_specs(categories)}
+    descriptions.update({
+        "target_category": "Product category scored",
+        "target_revenue_share_365d": "Share of 365-day revenue in the scored category",
+        "target_days_since_last_purchase": "Days since the last purchase in the scored category",
+        "target_line_count_365d": "Purchases in the scored category over 365 days",
+    })
     labels = [c for c in frame.columns if c.startswith("label_")]
     features = infer_feature_set(frame, [*ID_COLUMNS, *labels], descriptions)
     truth = load_truth(base_path, test_date, config.horizon_days)

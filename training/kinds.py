@@ -15,6 +15,10 @@ CREDIT_MONOTONE: dict[str, int] = {
     "paid_late_share": 1,
     "overdue_balance": 1,
     "days_late_trend": 1,
+    "open_dpd_1_30_count": 1,
+    "open_dpd_31_60_count": 1,
+    "open_dpd_61_89_count": 1,
+    "open_dpd_90_plus_count": 1,
 }
 # A more recent purchase never raises churn risk.
 CHURN_MONOTONE: dict[str, int] = {

@@ -333,7 +333,7 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
             continue
         r: dict = {"customer_id": c["customer_id"], "segment": c["segment"], "region": c["region"],
                    "acquisition_channel": c["acquisition_channel"],
-                   "tenure_days": (t - c["signup_date"]).days}
+                   "tenure_days": (t - c["signup_date"]).days, "as_of_month": as_of.month}
         past = [x for x in txs[c["customer_id"]] if x["ts"] < t]
         orders = {(x["order_id"], x["ts"]) for x in past}  # an order id at one time
         for w, d in (("30d", 30), ("90d", 90), ("365d", 365), ("lifetime", None)):
@@ -345,6 +345,8 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
         times = sorted(ts for _, ts in orders)
         r["days_since_last_purchase"] = _days(t - times[-1]) if times else math.nan
         r["days_since_first_purchase"] = _days(t - times[0]) if times else math.nan
+        r["margin_per_order_365d"] = _ratio(r["margin_365d"], r["order_count_365d"])
+        r["margin_per_order_lifetime"] = _ratio(r["margin_lifetime"], r["order_count_lifetime"])
         prev = sum(x["revenue"] for x in past if t - timedelta(days=180) <= x["ts"] < t - timedelta(days=90))
         r["revenue_prev_90d"] = prev
         r["revenue_trend_90d_ratio"] = _ratio(r["revenue_90d"] - prev, r["revenue_90d"] + prev)
@@ -357,6 +359,10 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
         for cat, slug in zip(categories, category_slugs(categories), strict=True):
             r[f"revenue_share_365d_{slug}"] = _ratio(
                 sum(x["revenue"] for x in year if x["product_category"] == cat), r["revenue_365d"])
+        for cat, slug in zip(categories, category_slugs(categories), strict=True):
+            mine = [x["ts"] for x in past if x["product_category"] == cat]
+            r[f"days_since_last_purchase_{slug}"] = _days(t - max(mine)) if mine else math.nan
+            r[f"line_count_365d_{slug}"] = sum(1 for x in year if x["product_category"] == cat)
         r["category_breadth_365d_count"] = len({x["product_category"] for x in year} & set(categories))
         r["category_breadth_lifetime_count"] = len({x["product_category"] for x in past} & set(categories))
         r["margin_rate_365d_share"] = _ratio(r["margin_365d"], r["revenue_365d"])
@@ -377,6 +383,11 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
             r["overdue_balance"] = sum(x["amount"] for x in open_ if x["due_date"] < t)
             r["current_days_past_due"] = max([(t - x["due_date"]).days for x in open_ if x["due_date"] < t],
                                              default=0)
+            dpd = [(t - x["due_date"]).days for x in open_]
+            r["open_dpd_1_30_count"] = sum(1 for d in dpd if 1 <= d <= 30)
+            r["open_dpd_31_60_count"] = sum(1 for d in dpd if 31 <= d <= 60)
+            r["open_dpd_61_89_count"] = sum(1 for d in dpd if 61 <= d <= 89)
+            r["open_dpd_90_plus_count"] = sum(1 for d in dpd if d >= 90)
             late = [max((x["paid_date"] - x["due_date"]).days, 0) for x in paid]
             r["mean_days_late"] = statistics.fmean(late) if late else math.nan
             r["max_days_late"] = float(max(late)) if late else math.nan
