@@ -34,9 +34,14 @@ demo: $(STAMP)
 	$(BIN)/crmscore train --base $(DEMO_DIR)/base --kind all
 	$(BIN)/crmscore promote --kind all
 	$(BIN)/crmscore features --base $(DEMO_DIR)/base --as-of 2025-01-01 --out $(DEMO_DIR)/snapshot.parquet
-	$(BIN)/crmscore score --features $(DEMO_DIR)/snapshot.parquet --out $(DEMO_DIR)/scores.parquet
+	$(BIN)/crmscore score --features $(DEMO_DIR)/snapshot.parquet --out $(DEMO_DIR)/scores.parquet --reasons all
 	$(BIN)/crmscore portfolio --scores $(DEMO_DIR)/scores.parquet --out $(DEMO_DIR)/portfolio
 	@echo "portfolio report: $(DEMO_DIR)/portfolio/report.html; MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@KEY=$$($(BIN)/crmscore keys create --scope reader 2>/dev/null | tail -n 1); \
+	echo ""; echo "API key (reader): $$KEY"; \
+	echo "try:  curl -H 'X-API-Key: $$KEY' http://127.0.0.1:8000/v1/customers/C0000001/scores"; \
+	echo "docs: http://127.0.0.1:8000/docs   (Ctrl-C stops the server)"; echo ""
+	$(BIN)/crmscore serve --host 127.0.0.1 --port 8000 --snapshot $(DEMO_DIR)/snapshot.parquet --scores $(DEMO_DIR)/scores.parquet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -474,5 +474,67 @@ def portfolio(
     console.print(f"report: {run.report_path}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", help="uvicorn worker processes.")] = 1,
+    snapshot: Annotated[
+        Path | None, typer.Option("--snapshot", help="Feature snapshot for id lookups (default HOME/snapshot.parquet; env CRMSCORE_SNAPSHOT_PATH).")
+    ] = None,
+    scores: Annotated[
+        Path | None, typer.Option("--scores", help="Last batch scoring: cached reasons, cut-offs, portfolio summary (env CRMSCORE_SCORES_PATH).")
+    ] = None,
+    keys_file: Annotated[
+        Path | None, typer.Option("--keys-file", help="API keys file (default HOME/keys.json; env CRMSCORE_KEYS_FILE).")
+    ] = None,
+) -> None:
+    """Serve the scoring API (FastAPI under uvicorn): /v1/..., /docs, /health/*, /metrics.
+
+    Loads the champion models, the snapshot and the last batch scoring once; reload them
+    without a restart with POST /v1/admin/reload (admin key).
+    """
+    from pydantic import ValidationError
+
+    from crmscore.serving.api.app import run_server
+    from crmscore.serving.settings import ServingSettings
+
+    overrides = {k: v for k, v in {"snapshot_path": snapshot, "scores_path": scores, "keys_file": keys_file}.items() if v is not None}
+    try:
+        settings = ServingSettings(**overrides)
+    except ValidationError as exc:
+        raise fail(f"invalid serving settings: {exc}") from None
+    console.print(
+        f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"
+        f"try: curl -H 'X-API-Key: <key>' http://{host}:{port}/v1/customers/<customer_id>/scores",
+        highlight=False, soft_wrap=True,
+    )
+    run_server(settings, host=host, port=port, workers=workers)
+
+
+keys_app = typer.Typer(help="API keys for `crmscore serve` (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option("--scope", help="reader (scores) or admin (also /v1/admin/*).")] = "reader",
+    keys_file: Annotated[
+        Path | None, typer.Option("--keys-file", help="Keys file (default HOME/keys.json; env CRMSCORE_KEYS_FILE).")
+    ] = None,
+) -> None:
+    """Create an API key: printed once, on the last line; only its hash is stored."""
+    from crmscore.serving.security import create_key
+    from crmscore.serving.settings import ServingSettings
+
+    path = keys_file or ServingSettings().keys_file
+    try:
+        key = create_key(scope, path)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"created a new {scope} key in {path}; it is shown once, keep it safe:", highlight=False, soft_wrap=True)
+    typer.echo(key)
+
+
 if __name__ == "__main__":
     app()

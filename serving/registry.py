@@ -20,9 +20,10 @@ Why precompute (step 4) instead of scoring one row per request: measured here on
 ``score_matrix`` on one row costs ~0.55 ms (four ``Booster.predict`` calls of ~60 µs each plus
 per-call overhead) and ``assess_customer`` ~1.4 ms (dozens of numpy calls on length-1
 arrays), so a request would cost ~2 ms before HTTP: about 450 requests/s on a core, short
-of the goal of BENCHMARKS.md. Scoring the snapshot at load costs ~70 µs per customer once
-(vectorised), holds ~0.5 KB per customer beside the feature matrix, and a reload swaps in a
-bundle that is already complete, so latency does not jump after a model change. Inline
+of the goal of BENCHMARKS.md. Scoring the snapshot at load costs ~0.1 ms per customer once
+(vectorised, one core: about two minutes per million customers, while the previous bundle
+serves), holds ~1 KB per customer beside the feature matrix (mostly the actions text), and a
+reload swaps in a bundle that is already complete, so latency does not jump after a change. Inline
 features (``POST /v1/scores``) still go through ``score_matrix`` + ``assign_portfolio`` per
 request, on the rows sent.
 
@@ -34,6 +35,7 @@ bundle; a failed load leaves the old bundle serving and keeps the reason.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -209,8 +211,34 @@ class _BatchFile:
     summary: dict[str, Any] | None
 
 
+REASON_KEYS = {"code", "feature", "direction", "contribution", "value", "text"}
+
+
+def _checked_reasons(column: pa.Array, kind: ModelKind, top: int, path: Path) -> pa.Array:
+    """Cached reasons, checked on a sample (JSON lists of reason dicts), trimmed to ``top``.
+
+    The API passes the cached text through unparsed, so its shape is checked here, once.
+    """
+    texts = column.drop_null()
+    longest = 0
+    for text in texts.slice(0, 200).to_pylist():
+        try:
+            rows = json.loads(text)
+            ok = isinstance(rows, list) and all(isinstance(r, dict) and set(r) == REASON_KEYS for r in rows)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise LoadError("the batch scoring file has malformed reason codes",
+                            f"{path}: column reasons_{kind.value} is not a JSON list of reason codes")
+        longest = max(longest, len(rows))
+    if longest <= top:
+        return column
+    trimmed = [None if t is None else json.dumps(json.loads(t)[:top]) for t in column.to_pylist()]
+    return pa.array(trimmed, type=pa.string())
+
+
 def _read_batch_file(path: Path, *, rows: Mapping[str, int], n_rows: int, versions: Mapping[ModelKind, str],
-                     snapshot_as_of: date | None, policy: Policy) -> _BatchFile:
+                     snapshot_as_of: date | None, policy: Policy, top_reasons: int) -> _BatchFile:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
@@ -265,10 +293,14 @@ def _read_batch_file(path: Path, *, rows: Mapping[str, int], n_rows: int, versio
                              f"{file_versions.get(kind.value)}, the server runs {version}: computed on demand")
                 continue
             aligned = table[column].cast(pa.string()).take(indices).combine_chunks()
+            if aligned.null_count == len(aligned):  # batch scoring ran without reasons
+                continue
+            aligned = _checked_reasons(aligned, kind, top_reasons, path)
             reasons[kind.value] = aligned
             with_reasons |= ~np.asarray(aligned.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    heavy = [c for c in table.column_names if c == "actions" or c.startswith("reasons_")]  # not summarised
     try:
-        summary = portfolio_summary(table.to_pandas())
+        summary = portfolio_summary(table.drop_columns(heavy).to_pandas())
     except (ValueError, KeyError) as exc:
         notes.append(f"no portfolio summary: {exc}")
         summary = None
@@ -317,6 +349,10 @@ class ServingBundle:
         return {k.value: self.models.versions.get(k) for k in ModelKind}
 
     @property
+    def snapshot_as_of_text(self) -> str | None:
+        return None if self.snapshot_as_of is None else self.snapshot_as_of.isoformat()
+
+    @property
     def categories(self) -> list[str]:
         return self.models.categories
 
@@ -337,9 +373,12 @@ class ServingBundle:
 
     # -- reasons ----------------------------------------------------------------------------
 
-    def cached_reasons(self, i: int) -> tuple[dict[str, list[dict[str, Any]]], list[ModelKind]]:
-        """Reasons of row ``i`` from the batch file, and the kinds that have none cached."""
-        found: dict[str, list[dict[str, Any]]] = {}
+    def cached_reasons(self, i: int) -> tuple[dict[str, str], list[ModelKind]]:
+        """Reasons of row ``i`` from the batch file as JSON text, and the kinds with none cached.
+
+        The text is passed through to the response as it is (checked when loaded).
+        """
+        found: dict[str, str] = {}
         missing: list[ModelKind] = []
         for kind in self.models.bundles:
             column = self.reasons.get(kind.value)
@@ -347,7 +386,7 @@ class ServingBundle:
             if text is None:
                 missing.append(kind)
             else:
-                found[kind.value] = json.loads(text)[: self.top_reasons]
+                found[kind.value] = text
         return found, missing
 
     def compute_reasons(self, X: np.ndarray, kinds: Sequence[ModelKind] | None = None) -> list[dict[str, list[dict[str, Any]]]]:
@@ -536,19 +575,19 @@ def load_serving_bundle(settings: ServingSettings) -> ServingBundle:
     thread while the previous bundle keeps serving.
     """
     started = time.perf_counter()
-    _setup_mlflow(settings)
-    models = _load_models(settings)
+    # Local files first: a bad file fails fast, before any download.
     try:
         policy = load_policy(settings.policy_path)
     except (OSError, ValueError) as exc:
         raise LoadError("the portfolio policy cannot be read", str(exc)) from exc
-
     frame, as_of = _read_snapshot(settings.snapshot_path)
     ids = frame["customer_id"].astype(str).to_numpy(dtype=object)
     rows = {cid: i for i, cid in enumerate(ids.tolist())}
     if len(rows) != len(ids):
         raise LoadError("the feature snapshot has duplicate customer ids",
                         f"{len(ids) - len(rows)} duplicate(s) in {settings.snapshot_path}")
+    _setup_mlflow(settings)
+    models = _load_models(settings)
     try:
         X = np.ascontiguousarray(models.encode(frame), dtype=np.float64)
     except (KeyError, ValueError, TypeError) as exc:
@@ -568,7 +607,7 @@ def load_serving_bundle(settings: ServingSettings) -> ServingBundle:
         scores_info = ScoresFileInfo(status="missing", notes=("the batch scoring file does not exist yet",))
     else:
         batch = _read_batch_file(settings.scores_path, rows=rows, n_rows=len(ids), versions=models.versions,
-                                 snapshot_as_of=as_of, policy=policy)
+                                 snapshot_as_of=as_of, policy=policy, top_reasons=settings.top_reasons)
         scores_info = batch.info
         for note in scores_info.notes:
             logger.warning("batch scoring %s: %s", settings.scores_path, note)
@@ -720,6 +759,11 @@ class BundleHolder:
             self.loading_since = None
         self.current = bundle  # the swap
         self.generation += 1
+        # The bundle lives until the next reload: move it (and whatever else is alive now) out of
+        # the cyclic GC's generations, so full collections stop scanning its millions of objects
+        # (a latency spike each time otherwise). Cheap, no collection here; reference counting
+        # still frees an old bundle, which holds no reference cycles.
+        gc.freeze()
         self.last_attempt = LoadAttempt(datetime.now(UTC), True, time.perf_counter() - started)
         for listener in self._listeners:
             listener(bundle)

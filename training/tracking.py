@@ -132,6 +132,10 @@ def log_run(
             path = Path(tmp) / "test.parquet"
             test_frame.to_parquet(path, index=False)
             mlflow.log_artifact(str(path), "data")
+        from crmscore.training.card import render_model_card
+
+        card = render_model_card(bundle, params=params, metrics=metrics, tags={**tags, "crmscore.code_version": code_version()})
+        mlflow.log_text(card, "model_card.md")
         bundle_dir = bundle.save(Path(tmp) / "bundle")
         example = input_example.head(5)
         signature = infer_signature(_signature_frame(example), score_frame(bundle, example))

@@ -109,6 +109,7 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.compute = anyio.CapacityLimiter(settings.compute_threads)
         task = asyncio.create_task(_keep_loading(state), name="crmscore-initial-load")
+        await asyncio.sleep(0)  # let the load start, so readiness says "loading" from the first request
         try:
             yield
         finally:
@@ -121,6 +122,10 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry (on when opentelemetry is installed, as MLflow does) is
+        # off: metrics are Prometheus, and its logs of failed validations could carry customer
+        # data to whatever exporter a host configures.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         openapi_tags=[
             {"name": "scores", "description": "Customer scores, portfolio placement, actions and reasons."},
             {"name": "portfolio", "description": "The portfolio view of the last batch scoring."},

@@ -5,8 +5,9 @@
   which holds customer ids), and turns an unhandled exception into a JSON 500 carrying the
   request id, logged once as our bug.
 * :class:`LoadSheddingMiddleware` answers 503 with ``Retry-After`` at once when more than
-  ``max_in_flight`` requests are being processed, instead of queueing without bound; health
-  and metrics endpoints are never shed.
+  ``max_in_flight`` requests are being processed, instead of queueing without bound; health,
+  metrics and admin endpoints are never shed (probes must answer, an operator must be able to
+  reload an overloaded server).
 * :class:`BodySizeLimitMiddleware` reads the request body before routing, up to the limit:
   a ``Content-Length`` over the limit, or a chunked body that grows past it, gets 413 without
   reading further. The body read is then replayed to the app.
@@ -28,6 +29,9 @@ from typing import Any
 from crmscore.serving.api.metrics import ServiceMetrics
 
 logger = logging.getLogger("crmscore.serving.api")
+#: one DEBUG line per request: method, route template, status, milliseconds, request id (no
+#: path, query, header or body: they can hold customer ids, attributes or keys)
+access_logger = logging.getLogger("crmscore.serving.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,8 +41,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
-#: paths never shed nor counted as in flight
-UNLIMITED_PREFIXES = ("/health/", "/metrics")
+#: paths never shed nor counted as in flight: probes, scrapes, and an operator's reload
+UNLIMITED_PREFIXES = ("/health/", "/metrics", "/v1/admin/")
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/v1/customers/{customer_id}/scores``), never the raw path."""
+    route = scope.get("route")
+    return getattr(route, "path_format", None) or "<unmatched>"
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -93,9 +103,8 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            route = scope.get("route")
             logger.exception("internal error (our bug) in %s %s, request %s", scope.get("method"),
-                             getattr(route, "path", "<unmatched>"), request_id)
+                             route_template(scope), request_id)
             if not started:
                 status = 500
                 await send_json(send, 500, {
@@ -105,9 +114,12 @@ class RequestContextMiddleware:
             else:
                 raise
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
-            self.metrics.observe(scope.get("method", ""), template, status, time.perf_counter() - begin)
+            seconds = time.perf_counter() - begin
+            template = route_template(scope)
+            self.metrics.observe(scope.get("method", ""), template, status, seconds)
+            if access_logger.isEnabledFor(logging.DEBUG):
+                access_logger.debug("%s %s %d %.2f ms request %s", scope.get("method"), template, status,
+                                    seconds * 1000, request_id)
 
 
 class LoadSheddingMiddleware:

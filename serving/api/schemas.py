@@ -17,7 +17,7 @@ from crmscore.serving.settings import MAX_BATCH_LIMIT
 
 # --- examples (OpenAPI) -------------------------------------------------------------------------
 
-REASON_EXAMPLE = {
+REASON_EXAMPLE: dict[str, Any] = {
     "code": "CHN.days_since_last_purchase.UP",
     "feature": "days_since_last_purchase",
     "direction": "up",
@@ -25,7 +25,7 @@ REASON_EXAMPLE = {
     "value": 121.0,
     "text": "Recency: days from the last order to T = 121.0: raises churn risk",
 }
-ACTION_EXAMPLE = {
+ACTION_EXAMPLE: dict[str, Any] = {
     "code": "retention_offer",
     "reason": "Churn risk 62.0% >= 50.0% and future potential 1,250 >= 27 is worth keeping: make a "
     "retention offer.",

@@ -35,6 +35,9 @@ def test_four_models_registered_with_champions(trained_models, champions) -> Non
         artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
         assert artifacts, f"{kind.value} logged no plots"
         assert champions[kind].metrics  # evaluation travels with the bundle
+        card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+        assert card.startswith(f"# Model card: {kind.registered_name}")
+        assert "## Out-of-time evaluation" in card and "data.hash" in card
 
 
 def test_scores_are_sane(champions, snapshot) -> None:

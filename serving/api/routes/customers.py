@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
-from crmscore.serving.api.deps import CurrentBundle, ReaderKey, Service
-from crmscore.serving.api.payloads import customer_payload, reasons_source
+from crmscore.serving.api.deps import API_KEY_REQUIRED, ReaderBundle, service_of
+from crmscore.serving.api.payloads import customer_json, reasons_source
 from crmscore.serving.api.schemas import CustomerScores, ErrorResponse
 
 router = APIRouter(prefix="/v1", tags=["scores"])
@@ -17,6 +17,7 @@ router = APIRouter(prefix="/v1", tags=["scores"])
     "/customers/{customer_id:path}/scores",
     response_model=CustomerScores,
     summary="One customer's scores, portfolio placement, actions and reasons",
+    openapi_extra=API_KEY_REQUIRED,
     responses={
         401: {"model": ErrorResponse, "description": "No API key, or an unknown one."},
         404: {"model": ErrorResponse, "description": "No customer with this id in the snapshot."},
@@ -25,14 +26,13 @@ router = APIRouter(prefix="/v1", tags=["scores"])
     },
 )
 async def get_customer_scores(
-    _: ReaderKey,
-    bundle: CurrentBundle,
-    service: Service,
+    bundle: ReaderBundle,
+    request: Request,
     customer_id: Annotated[str, Path(min_length=1, max_length=256,
                                       description="Customer id; URL-encode '/' and other reserved characters.")],
     reasons: Annotated[bool, Query(description="Include reason codes (computed on demand when the last "
                                    "batch scoring has none for this customer).")] = True,
-) -> dict:
+) -> Response:
     """Scores of a customer in the loaded snapshot.
 
     Scores and the portfolio placement were computed with the batch functions when the bundle
@@ -45,13 +45,16 @@ async def get_customer_scores(
                             f"snapshot as of {bundle.snapshot_as_of}")
     record = bundle.scored.record(i)
     if not reasons:
-        return customer_payload(bundle, customer_id, record, None, "omitted")
-    found, missing = bundle.cached_reasons(i)
+        return Response(customer_json(bundle, customer_id, record, None, "omitted"), media_type="application/json")
+    found: dict = {}
+    cached, missing = bundle.cached_reasons(i)
+    found.update(cached)
+    service = service_of(request)
     if missing:
         computed = await service.run_compute(bundle.compute_reasons, bundle.X[i:i + 1], missing)
         found.update(computed[0])
         service.metrics.reasons.labels("computed").inc()
     else:
         service.metrics.reasons.labels("batch").inc()
-    return customer_payload(bundle, customer_id, record, found,
-                            reasons_source(len(bundle.models.bundles) - len(missing), len(missing)))
+    body = customer_json(bundle, customer_id, record, found, reasons_source(len(cached), len(missing)))
+    return Response(body, media_type="application/json")

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from crmscore.serving.api.deps import CurrentBundle, ReaderKey, Service
+from crmscore.serving.api.deps import API_KEY_REQUIRED, ReaderBundle, Service
 from crmscore.serving.api.schemas import ErrorResponse, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -16,9 +16,10 @@ router = APIRouter(prefix="/v1", tags=["models"])
     "/models",
     response_model=ModelsResponse,
     summary="Loaded model versions, headline metrics, snapshot, cut-offs and features",
+    openapi_extra=API_KEY_REQUIRED,
     responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
-async def get_models(_: ReaderKey, bundle: CurrentBundle, service: Service) -> dict[str, Any]:
+async def get_models(bundle: ReaderBundle, service: Service) -> dict[str, Any]:
     info = bundle.scores_file
     attempt = service.holder.last_attempt
     return {

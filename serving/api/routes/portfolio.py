@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from crmscore.serving.api.deps import CurrentBundle, ReaderKey
+from crmscore.serving.api.deps import API_KEY_REQUIRED, ReaderBundle
 from crmscore.serving.api.schemas import ErrorResponse, PortfolioSummary
 
 router = APIRouter(prefix="/v1", tags=["portfolio"])
@@ -16,13 +16,14 @@ router = APIRouter(prefix="/v1", tags=["portfolio"])
     "/portfolio/summary",
     response_model=PortfolioSummary,
     summary="Quadrant shares, 80/20 figures, value bands and actions of the last batch scoring",
+    openapi_extra=API_KEY_REQUIRED,
     responses={
         401: {"model": ErrorResponse},
         404: {"model": ErrorResponse, "description": "No batch scoring is loaded (scores_path unset or missing)."},
         503: {"model": ErrorResponse},
     },
 )
-async def get_portfolio_summary(_: ReaderKey, bundle: CurrentBundle) -> dict[str, Any]:
+async def get_portfolio_summary(bundle: ReaderBundle) -> dict[str, Any]:
     """``portfolio_summary`` of the batch scoring file, with its provenance under ``batch``."""
     if bundle.summary is None:
         info = bundle.scores_file

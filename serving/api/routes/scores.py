@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 
 from crmscore.bundle import ModelKind
-from crmscore.serving.api.deps import CurrentBundle, ReaderKey, Service
-from crmscore.serving.api.payloads import customer_payload, reasons_source
+from crmscore.serving.api.deps import API_KEY_REQUIRED, ReaderBundle, Service
+from crmscore.serving.api.payloads import customer_json, encode, item_json, reasons_source
 from crmscore.serving.api.schemas import ErrorResponse, ScoresRequest, ScoresResponse
 from crmscore.serving.registry import ServingBundle
 
@@ -28,9 +28,15 @@ def _score_inline(bundle: ServingBundle, ids: list[str], X: np.ndarray, attribut
         records = [scored.record(i) for i in range(len(ids))]
         if with_inline_reasons:
             inline_reasons = bundle.compute_reasons(X)
-    snapshot_reasons: list[dict[str, list]] = []
-    for row, kinds in zip(reason_rows, reason_kinds, strict=True):
-        snapshot_reasons.append(bundle.compute_reasons(bundle.X[row:row + 1], kinds)[0])
+    # Snapshot customers without cached reasons: one TreeSHAP call per set of missing kinds.
+    snapshot_reasons: list[dict[str, list]] = [{} for _ in reason_rows]
+    groups: dict[tuple[ModelKind, ...], list[int]] = {}
+    for k, missing in enumerate(reason_kinds):
+        groups.setdefault(tuple(missing), []).append(k)
+    for group, members in groups.items():
+        computed = bundle.compute_reasons(bundle.X[[reason_rows[k] for k in members]], list(group))
+        for k, found in zip(members, computed, strict=True):
+            snapshot_reasons[k] = found
     return records, inline_reasons, snapshot_reasons
 
 
@@ -38,6 +44,7 @@ def _score_inline(bundle: ServingBundle, ids: list[str], X: np.ndarray, attribut
     "/scores",
     response_model=ScoresResponse,
     summary="Score up to 1,000 customers: by id, or with features inline",
+    openapi_extra=API_KEY_REQUIRED,
     responses={
         401: {"model": ErrorResponse},
         413: {"model": ErrorResponse, "description": "The body is larger than the limit (1 MiB by default)."},
@@ -45,7 +52,7 @@ def _score_inline(bundle: ServingBundle, ids: list[str], X: np.ndarray, attribut
         503: {"model": ErrorResponse},
     },
 )
-async def post_scores(_: ReaderKey, bundle: CurrentBundle, service: Service, body: ScoresRequest) -> dict[str, Any]:
+async def post_scores(bundle: ReaderBundle, service: Service, body: ScoresRequest) -> Response:
     """Score a list of customers.
 
     * ``{"customer_id": ...}``: a customer of the snapshot, as ``GET /v1/customers/{id}/scores``;
@@ -66,7 +73,7 @@ async def post_scores(_: ReaderKey, bundle: CurrentBundle, service: Service, bod
             "loc": ("body", "customers"), "type": "too_long",
             "msg": f"at most {settings.max_batch} customers per call; got {n}: split the batch"}])
     n_features = len(bundle.models.feature_names)
-    items: list[dict[str, Any] | None] = [None] * n
+    items: list[str | None] = [None] * n
     problems: list[dict[str, Any]] = []
     by_id: list[tuple[int, int]] = []
     inline_pos: list[int] = []
@@ -78,9 +85,9 @@ async def post_scores(_: ReaderKey, bundle: CurrentBundle, service: Service, bod
         row = bundle.row_of(customer.customer_id)
         if customer.features is None:
             if row is None:
-                items[pos] = {"customer_id": customer.customer_id, "status": "not_found", "result": None,
-                              "error": "unknown customer: not in the snapshot; send its features inline to score it",
-                              "warnings": []}
+                items[pos] = item_json(customer.customer_id, "not_found", None,
+                                       "unknown customer: not in the snapshot; send its features inline to "
+                                       "score it", [])
             else:
                 by_id.append((pos, row))
             continue
@@ -107,18 +114,17 @@ async def post_scores(_: ReaderKey, bundle: CurrentBundle, service: Service, bod
 
     # Snapshot customers: precomputed rows; cached reasons, the rest computed in the thread.
     records: dict[int, dict[str, Any]] = {}
-    reasons: dict[int, dict[str, list]] = {}
+    reasons: dict[int, dict[str, Any]] = {}
     sources: dict[int, str] = {}
     need_rows: list[int] = []
     need_kinds: list[list[ModelKind]] = []
     need_pos: list[int] = []
-    n_kinds = len(bundle.models.bundles)
     for pos, row in by_id:
         records[pos] = bundle.scored.record(row)
         if body.reasons:
-            found_reasons, missing = bundle.cached_reasons(row)
-            reasons[pos] = found_reasons
-            sources[pos] = reasons_source(n_kinds - len(missing), len(missing))
+            cached, missing = bundle.cached_reasons(row)
+            reasons[pos] = dict(cached)
+            sources[pos] = reasons_source(len(cached), len(missing))
             if missing:
                 need_rows.append(row)
                 need_kinds.append(missing)
@@ -137,10 +143,11 @@ async def post_scores(_: ReaderKey, bundle: CurrentBundle, service: Service, bod
     warnings_of = dict(zip(inline_pos, inline_warnings, strict=True))
     for pos, record in records.items():
         customer_id = body.customers[pos].customer_id
-        result = customer_payload(bundle, customer_id, record, reasons.get(pos) if body.reasons else None,
-                                  sources.get(pos, "omitted"))
-        items[pos] = {"customer_id": customer_id, "status": "ok", "result": result, "error": None,
-                      "warnings": warnings_of.get(pos, [])}
-    n_not_found = sum(1 for item in items if item is not None and item["status"] == "not_found")
-    return {"results": items, "n_ok": n - n_not_found, "n_not_found": n_not_found,
-            "model_versions": bundle.versions, "snapshot_as_of": bundle.snapshot_as_of}
+        result = customer_json(bundle, customer_id, record, reasons.get(pos) if body.reasons else None,
+                               sources.get(pos, "omitted"))
+        items[pos] = item_json(customer_id, "ok", result, None, warnings_of.get(pos, []))
+    n_not_found = n - len(records)
+    text = ('{"results":[' + ",".join(items) + f'],"n_ok":{len(records)},"n_not_found":{n_not_found},'  # type: ignore[arg-type]
+            + '"model_versions":' + encode(bundle.versions) + ',"snapshot_as_of":'
+            + encode(bundle.snapshot_as_of_text) + "}")
+    return Response(text, media_type="application/json")
