@@ -44,6 +44,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pandas as pd
+
 from crmscore.features.io import Base, write_base
 
 logger = logging.getLogger(__name__)

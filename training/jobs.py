@@ -90,7 +90,7 @@ def evaluate_bundle(
     title = kind.value.replace("_", " ")
     if kind.is_classifier:
         out.metrics.update(ev.binary_metrics(y, pred))
-        if not (kind is ModelKind.CREDIT_RISK):
+        if kind is not ModelKind.CREDIT_RISK:
             out.metrics.pop("ks", None)
             out.metrics.pop("gini", None)
         if with_plots:

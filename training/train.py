@@ -341,7 +341,6 @@ def fit_bundle_cv(
     """
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    spec = SPECS[kind]
     proto = new_bundle(kind, features, config, targets)
     y = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     keep = ~np.isnan(y)

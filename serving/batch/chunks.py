@@ -23,7 +23,13 @@ import pyarrow as pa
 from crmscore.bundle import ModelKind
 from crmscore.serving.policy import Cutoffs, Policy
 from crmscore.serving.portfolio import assign_portfolio
-from crmscore.serving.scoring import ModelSet, compute_reasons, reasons_columns, score_matrix, scores_frame
+from crmscore.serving.scoring import (
+    ModelSet,
+    compute_reasons,
+    reasons_columns,
+    score_matrix,
+    scores_frame,
+)
 
 #: actions that are triggered by a score (not just the quadrant's primary action)
 TRIGGERED_ACTIONS = ("retention_offer", "cross_sell", "credit_review", "require_prepayment", "review_strategic_account")

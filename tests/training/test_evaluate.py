@@ -14,10 +14,11 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-from crmscore.training import evaluate as ev
 from matplotlib.figure import Figure
 from scipy import stats
 from sklearn.metrics import mean_absolute_error, r2_score, roc_auc_score
+
+from crmscore.training import evaluate as ev
 
 # --------------------------------------------------------------------------- slow references
 
