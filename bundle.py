@@ -533,6 +533,10 @@ def load_registered_bundle(
         try:
             version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
         except MlflowException as exc:
+            # only "no such model or alias" means there is none; anything else (a registry that
+            # cannot be reached, a server error) propagates as itself, so the caller reports it
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
             raise LookupError(f"registered model {name} has no version with alias {alias!r}") from exc
     local = download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=None if dst is None else str(dst))
     return ModelBundle.load(Path(local) / "artifacts" / "bundle"), version

@@ -125,8 +125,7 @@ async def test_failed_reloads_keep_the_old_bundle_serving(api: Any, rel_env: Any
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         holder.settings = rel_env.settings.model_copy(update={"tracking_uri": UNREACHABLE})
         try:
-            # the reason is wrong today (see the xfail test below); the old bundle keeps serving
-            await assert_failed_reload_keeps_serving("")
+            await assert_failed_reload_keeps_serving("model crm-churn@champion could not be loaded")
         finally:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
@@ -137,9 +136,6 @@ async def test_failed_reloads_keep_the_old_bundle_serving(api: Any, rel_env: Any
         assert (await client.get("/health/ready")).json()["last_reload_error"] is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unreachable registry is reported as 'registered model "
-                   "crm-churn has no version with alias champion' (bundle.load_registered_bundle turns every "
-                   "MlflowException into LookupError)")
 async def test_unreachable_registry_is_reported_as_such(api: Any, rel_env: Any,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     uri = mlflow.get_tracking_uri()

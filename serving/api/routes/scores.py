@@ -46,6 +46,7 @@ def _score_inline(bundle: ServingBundle, ids: list[str], X: np.ndarray, attribut
     summary="Score up to 1,000 customers: by id, or with features inline",
     openapi_extra=API_KEY_REQUIRED,
     responses={
+        400: {"model": ErrorResponse, "description": "The body cannot be decoded (e.g. it is not UTF-8)."},
         401: {"model": ErrorResponse},
         413: {"model": ErrorResponse, "description": "The body is larger than the limit (1 MiB by default)."},
         422: {"model": ErrorResponse, "description": "Invalid body: each error names its field path."},
