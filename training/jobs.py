@@ -311,6 +311,16 @@ def train_job(
         "crmscore.data.rows": str(len(data.frame)),
         "crmscore.data.hash": tracking.frame_fingerprint(data.frame),
         "crmscore.data.truth": "yes" if data.truth is not None else "no",
+        # governance: the code and the whole training configuration behind the version, and the
+        # scoring policy baked into the bundle (scorecard anchors, CLV horizon and discount rate);
+        # the portfolio policy is applied at scoring time and recorded with every scored row
+        "crmscore.code_version": tracking.code_version(),
+        "crmscore.train_config": config.model_dump_json(),
+        "crmscore.scoring_policy": (
+            f"scorecard {config.scorecard.base_points:g} points at {config.scorecard.base_odds:g}:1, "
+            f"{config.scorecard.pdo:g} to double; clv {config.clv.years:g} years at "
+            f"{config.clv.discount_rate:g} discount"
+        ),
     }
     results = []
     _, _, test = data.split()

@@ -8,6 +8,7 @@ import pytest
 
 from crmscore.bundle import ModelKind, load_registered_bundle
 from crmscore.training import tracking
+from crmscore.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,11 @@ def test_four_models_registered_with_champions(trained_models, champions) -> Non
         version = client.get_model_version_by_alias(kind.registered_name, "champion")
         tags = version.tags
         assert tags["crmscore.data.hash"] and tags["crmscore.data.test_as_of"]
-        assert tags["crmscore.code_version"] if "crmscore.code_version" in tags else True
+        assert tags["crmscore.code_version"].startswith("0.")
+        assert TrainConfig.model_validate_json(tags["crmscore.train_config"]) == TrainConfig(train_snapshots=6)
+        assert tags["crmscore.scoring_policy"] == (
+            "scorecard 600 points at 50:1, 20 to double; clv 3 years at 0.1 discount")
+        assert int(tags["crmscore.data.rows"]) > 0 and tags["crmscore.data.train_as_of"]
         run = mlflow.get_run(version.run_id)
         assert run.data.tags["crmscore.kind"] == kind.value
         artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
