@@ -1,0 +1,110 @@
+"""Issue 8, property 3 (faults) for the nightly batch job, through the real `crmscore score` process:
+
+* SIGKILL at seeded random moments, several times in a row on the same output, then a run to
+  the end: the output is identical to an uninterrupted run, nobody lost or doubled;
+* a full disk (the process's file-size limit, ``RLIMIT_FSIZE``, makes every write past it fail
+  with ``EFBIG``, as a full disk fails with ``ENOSPC``): a clear error naming the file, a
+  non-zero exit and no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+KILL_TRIALS = 3
+CHUNK_ROWS = 250
+
+
+def _command(trained_models: Any, out: Path) -> list[str]:
+    return [sys.executable, "-m", "crmscore.cli", "score", "--features", str(trained_models.snapshot_path),
+            "--out", str(out), "--chunk-rows", str(CHUNK_ROWS), "--reasons", "none"]
+
+
+def _env(trained_models: Any) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{trained_models.home / 'mlflow.db'}",
+            "COLUMNS": "200"}
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas().sort_values("customer_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(trained_models: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, float, int]:
+    """The reference: one run to the end; its output, its wall time and its file size."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "scores.parquet"
+    begin = time.monotonic()
+    done = subprocess.run(_command(trained_models, out), env=_env(trained_models), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return _read(out), time.monotonic() - begin, out.stat().st_size
+
+
+def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_output(
+        trained_models: Any, uninterrupted: tuple[pd.DataFrame, float, int], tmp_path: Path) -> None:
+    reference, wall_s, _ = uninterrupted
+    out = tmp_path / "scores.parquet"
+    work = tmp_path / ".scores.parquet.work"
+    rng = random.Random(8)
+    killed_with_parts = []
+    for _ in range(KILL_TRIALS):
+        # anywhere from start-up to the end of a whole run: before any part, between parts,
+        # inside a write, during placement or the final assembly
+        delay = rng.uniform(0.2, wall_s)
+        proc = subprocess.Popen(_command(trained_models, out), env=_env(trained_models),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_with_parts.append(len(list(work.glob("scores-*.parquet"))))
+            if out.exists():  # killed after the atomic rename, while tidying up: complete, never partial
+                pd.testing.assert_frame_equal(_read(out), reference)
+        else:
+            assert proc.returncode == 0  # it finished before its kill: the next trials resume nothing
+            out.unlink()
+    assert killed_with_parts, "no trial was killed part-way"
+    finished = subprocess.run(_command(trained_models, out), env=_env(trained_models), capture_output=True,
+                              text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert not work.exists()
+    result = _read(out)
+    assert result["customer_id"].is_unique
+    pd.testing.assert_frame_equal(result, reference)
+
+
+def _limit_file_size(limit_bytes: int) -> Any:
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+def test_a_full_disk_is_a_clear_error_with_no_partial_output(
+        trained_models: Any, uninterrupted: tuple[pd.DataFrame, float, int], tmp_path: Path) -> None:
+    _, _, output_bytes = uninterrupted
+    out = tmp_path / "scores.parquet"
+    # room for the small parts, not for the assembled output
+    done = subprocess.run(_command(trained_models, out), env=_env(trained_models), capture_output=True,
+                          text=True, timeout=300, preexec_fn=_limit_file_size(output_bytes // 2))
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    message = " ".join(done.stderr.split())
+    assert "batch scoring could not write" in message and "File too large" in message, message[-1000:]
+    assert f"nothing was written to {out}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.name != ".scores.parquet.work"]
+    assert leftovers == [], leftovers  # finished parts may stay in the work folder, for a resume
