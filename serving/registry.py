@@ -667,13 +667,18 @@ def load_serving_bundle(settings: ServingSettings) -> ServingBundle:
 
 def _warm_up(bundle: ServingBundle) -> None:
     """One prediction and one explanation per model, so the first request pays for nothing."""
-    x = bundle.X[:1]
     try:
-        score_matrix(bundle.models, x, num_threads=1)
-        bundle.compute_reasons(x)
-        bundle.scored.record(0)
+        _serve_one(bundle)
     except Exception as exc:
         raise LoadError("the models failed their warm-up prediction", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _serve_one(bundle: ServingBundle) -> None:
+    """What a request does for its first customer: scores, reasons and the cached row."""
+    x = bundle.X[:1]
+    score_matrix(bundle.models, x, num_threads=1)
+    bundle.compute_reasons(x)
+    bundle.scored.record(0)
 
 
 # --- the holder ------------------------------------------------------------------------------
@@ -709,6 +714,7 @@ class BundleHolder:
         self.last_attempt: LoadAttempt | None = None
         self.loading_since: datetime | None = None
         self.generation = 0
+        self._check: tuple[ServingBundle, float, str | None] | None = None  # (bundle, when, reason)
         self._listeners: list[Callable[[ServingBundle], None]] = []
 
     def on_swap(self, listener: Callable[[ServingBundle], None]) -> None:
@@ -718,6 +724,28 @@ class BundleHolder:
     @property
     def ready(self) -> bool:
         return self.current is not None
+
+    def self_check(self, bundle: ServingBundle, max_age_seconds: float = 5.0) -> str | None:
+        """Can ``bundle`` still serve? ``None`` if so, else the reason (logged as our bug).
+
+        Readiness must tell the truth: a bundle that loaded but cannot answer (the check: one
+        customer's four scores and cached row, well under a millisecond) turns readiness red. The
+        result is cached per bundle for ``max_age_seconds``, so probes cost nothing under load.
+        """
+        now = time.monotonic()
+        cached = self._check
+        if cached is not None and cached[0] is bundle and now - cached[1] < max_age_seconds:
+            return cached[2]
+        try:
+            x = bundle.X[:1]
+            score_matrix(bundle.models, x, num_threads=1)  # scores only: reasons were proven at warm-up
+            bundle.scored.record(0)
+            reason = None
+        except Exception as exc:
+            reason = "the loaded bundle fails its self-check (one customer's scores): an internal fault"
+            logger.error("bundle %s fails its self-check: %s: %s", bundle.bundle_id, type(exc).__name__, exc)
+        self._check = (bundle, now, reason)
+        return reason
 
     def not_ready_reason(self) -> str:
         if self.current is not None:

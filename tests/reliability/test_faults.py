@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -156,8 +157,11 @@ async def test_internal_fault_is_a_500_with_a_logged_request_id(api: Any, rel_en
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     # a bundle whose feature matrix lost its columns: computing reasons on demand fails inside the route
     broken = dataclasses.replace(rel_env.bundle, X=rel_env.bundle.X[:, :2].copy())
-    async with api.running(rel_env.settings, api.serve(broken)) as (_, client):
+    async with api.running(rel_env.settings, api.serve(broken), ready=False) as (_, client):
         caplog.set_level(logging.ERROR)
+        # readiness tells the truth: loaded, but it cannot serve
+        body = await api.wait_not_ready_reason(client, "self-check")
+        assert body["bundle_id"] == broken.bundle_id and rel_env.ids[5] not in json.dumps(body)
         r = await client.get(path_of(rel_env.ids[5]), headers={"X-API-Key": rel_env.reader,
                                                                 "X-Request-ID": "fault-check-1"})
         assert r.status_code == 500, r.text

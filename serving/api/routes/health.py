@@ -32,5 +32,10 @@ async def ready(service: Service) -> Any:
     if bundle is None:
         return JSONResponse(status_code=503, content={"status": "not_ready", "reason": holder.not_ready_reason()},
                             headers={"Retry-After": "5"})
+    broken = holder.self_check(bundle)
+    if broken is not None:
+        return JSONResponse(status_code=503, content={"status": "not_ready", "reason": broken,
+                                                      "bundle_id": bundle.bundle_id, "last_reload_error": last_error},
+                            headers={"Retry-After": "5"})
     return {"status": "ready", "bundle_id": bundle.bundle_id, "model_versions": bundle.versions,
             "snapshot_as_of": bundle.snapshot_as_of, "last_reload_error": last_error}
