@@ -14,12 +14,13 @@ saturates a core long before the server does): ``--connections`` closed loops, e
 its model versions checked against the bundles loaded so far. Phases:
 
 1. baseline, no reloads (``--duration`` seconds);
-2. the same load while an admin reloads every ``--reload-every`` seconds (``--duration`` s);
+2. the same load while, every ``--reload-every`` seconds, a new champion version of every model
+   is promoted in the registry (alias ``champion`` moved) and an admin reloads (``--duration`` s);
 3. overload: ``--overload`` concurrent clients for ``--overload-seconds``.
 
 Results: a table on stdout and ``benchmarks/results/reload.json``.
 
-Run: .venv/bin/python benchmarks/reload.py [--customers 2000] [--duration 15] [--workdir DIR]
+Run: .venv/bin/python benchmarks/reload.py [--customers 2000] [--duration 60] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -104,15 +106,18 @@ async def _client_loop(port: int, requests: list[bytes], start: int, deadline: f
 
 
 async def _phase(port: int, requests: list[bytes], connections: int, seconds: float, expected: list[dict],
-                 admin_key: str | None = None, reload_every: float = 0.0) -> dict:
+                 admin_key: str | None = None, reload_every: float = 0.0,
+                 promote: Callable[[int], dict[str, str]] | None = None) -> dict:
     record: dict = {"codes": {}, "latencies": [], "refused_ms": [], "errors": [], "inconsistent": 0,
-                    "reloads": []}
+                    "reloads": [], "promotions": []}
     deadline = time.monotonic() + seconds
 
     async def reloads() -> None:
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=120) as admin:
             while time.monotonic() + reload_every < deadline:
                 await asyncio.sleep(reload_every)
+                if promote is not None:  # a data scientist promotes a new champion, then reloads
+                    record["promotions"].append(await asyncio.to_thread(promote, len(record["reloads"])))
                 t = time.perf_counter()
                 r = await admin.post("/v1/admin/reload", headers={"X-API-Key": admin_key})
                 record["reloads"].append({"status": r.status_code, "seconds": round(time.perf_counter() - t, 2)})
@@ -143,13 +148,52 @@ def summarise(record: dict, seconds: float) -> dict:
         "refused_share": round((total - len(record["latencies"])) / total, 4) if total else None,
         "refused_p99_ms": round(percentile(record["refused_ms"], 0.99), 2) if record["refused_ms"] else None,
         "reloads": record["reloads"],
+        "promotions": record["promotions"],
     }
+
+
+def registry_promoter(home: Path) -> Callable[[int], dict[str, str]]:
+    """Promotion as ``crmscore promote`` does it: move alias ``champion`` to a new version.
+
+    Before the load, each model gets a second registered version (a new version of the same
+    run's model: registering a retrained one would only add training time to the run); each
+    call moves ``champion`` of every model to its other version, so every reload swaps in
+    different model versions than the bundle serving, and a response mixing two bundles'
+    versions would be caught.
+    """
+    from mlflow import MlflowClient
+
+    from crmscore.bundle import ModelKind
+
+    import mlflow
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)  # the new version's source is a logged model, looked up in this store
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions: dict[str, tuple[str, str]] = {}
+    for kind in ModelKind:
+        name = kind.registered_name
+        first = client.get_model_version_by_alias(name, "champion")
+        second = client.create_model_version(name, first.source, run_id=first.run_id,
+                                             tags={"crmscore.benchmark": "reload: a second champion"},
+                                             model_id=getattr(first, "model_id", None))
+        versions[name] = (str(first.version), str(second.version))
+
+    def promote(k: int) -> dict[str, str]:
+        chosen = {}
+        for name, pair in versions.items():
+            chosen[name] = pair[(k + 1) % 2]
+            client.set_registered_model_alias(name, "champion", chosen[name])
+        return chosen
+
+    return promote
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=2000, help="synthetic customers (default 2,000)")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds of each steady phase (default 15)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of each steady phase (default 60)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--reload-every", type=float, default=3.0, help="seconds between reloads (default 3)")
     parser.add_argument("--overload", type=int, default=256, help="concurrent clients when overloaded (default 256)")
@@ -173,8 +217,10 @@ def main() -> None:
         rss_start = rss_mb(proc.pid)
         base = summarise(asyncio.run(_phase(port, requests, args.connections, args.duration,
                                             expected)), args.duration)
+        promote = registry_promoter(prep.home)
         during = summarise(asyncio.run(_phase(port, requests, args.connections, args.duration, expected,
-                                              admin_key, args.reload_every)), args.duration)
+                                              admin_key, args.reload_every, promote)), args.duration)
+        promote(1)  # champion back on the first versions, as prepared
         rss_end = rss_mb(proc.pid)
         over = summarise(asyncio.run(_phase(port, requests, args.overload, args.overload_seconds,
                                             expected)), args.overload_seconds)
@@ -204,6 +250,8 @@ def main() -> None:
         ("during reloads req/s, p50 / p99 ms", f"{during['requests_per_s']}  {during['p50_ms']} / {during['p99_ms']}"),
         ("reloads (200 / called), seconds each", f"{reloads_ok} / {len(during['reloads'])}, "
          f"{[r['seconds'] for r in during['reloads']]}"),
+        ("champions promoted before each reload", f"{len(during['promotions'])}, versions served: "
+         f"{sorted({json.dumps(v, sort_keys=True) for v in expected})}"),
         ("p99 during / without (goal <= 1.5)", f"{ratio:.2f}"),
         ("failed, 5xx, non-200 during reloads", f"{during['failed']}, {during['status_5xx']}, "
          f"{sum(v for k, v in during['status_counts'].items() if k != '200')}"),
