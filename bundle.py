@@ -33,6 +33,11 @@ import pandas as pd
 BUNDLE_FORMAT = 1
 
 
+#: propensity customers expanded (n_targets rows each) and predicted at a time by
+#: ``ModelBundle.raw``: 8,192 x 6 rows x 55 features is a 21 MB buffer, reused slice after slice
+EXPAND_SLICE = 8192
+
+
 class ModelKind(StrEnum):
     """The four model kinds (ARCHITECTURE.md)."""
 
@@ -266,29 +271,81 @@ class ModelBundle:
             raise KeyError(f"features missing for the {self.kind.value} model: {', '.join(missing)}")
         return encode_columns(frame, self.feature_names, self.categorical_levels)
 
-    def expand(self, X: np.ndarray) -> np.ndarray:
-        """Propensity: one row per (customer, category), customer-major; identity otherwise."""
+    def expand(self, X: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Propensity: one row per (customer, category), customer-major; identity otherwise.
+
+        Parameters
+        ----------
+        X : array of shape (n, len(feature_names))
+        out : float64 array of shape (n * n_targets, len(booster_features)), optional
+            Propensity only: written in place and returned, so a caller expanding slice after
+            slice reuses one buffer instead of a fresh matrix per call (:meth:`raw`).
+        """
         if self.kind is not ModelKind.PROPENSITY:
             return X
-        n, k = X.shape[0], len(self.targets)
-        extra = np.full((n * k, 1 + len(self.target_features)), np.nan)
-        extra[:, 0] = np.tile(np.arange(k, dtype=np.float64), n)
+        n, d, k = X.shape[0], X.shape[1], len(self.targets)
+        width = d + 1 + len(self.target_features)
+        if out is None:
+            out = np.empty((n * k, width))
+        elif out.shape != (n * k, width) or out.dtype != np.float64:
+            raise ValueError(f"out must be a float64 array of shape {(n * k, width)}; got {out.dtype} {out.shape}")
+        rows = out.reshape(n, k, width)  # a view: rows[i, j] is customer i's row for category j
+        rows[:, :, :d] = X[:, None, :]
+        rows[:, :, d] = np.arange(k, dtype=np.float64)
+        rows[:, :, d + 1:] = np.nan
         # Target-specific features: the target category's own column of each customer feature.
-        for f, columns in enumerate(self.target_features.values(), start=1):
+        for f, columns in enumerate(self.target_features.values(), start=d + 1):
             for j, column in enumerate(columns):
                 if column is not None and column in self.feature_names:
-                    extra[j::k, f] = X[:, self.feature_names.index(column)]
-        return np.hstack([np.repeat(X, k, axis=0), extra])
+                    rows[:, j, f] = X[:, self.feature_names.index(column)]
+        return out
+
+    def expand_rows(self, X: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Propensity: one row per customer, for the category ``target[i]`` of each.
+
+        Equals ``expand(X)[np.arange(n) * n_targets + target]`` without building the other
+        rows (reason codes explain one category per customer).
+
+        Parameters
+        ----------
+        X : array of shape (n, len(feature_names))
+        target : int array of shape (n,), indices into ``targets``
+        """
+        if self.kind is not ModelKind.PROPENSITY:
+            raise ValueError(f"expand_rows is for the propensity model; this is the {self.kind.value} model")
+        n, d = X.shape
+        target = np.broadcast_to(np.asarray(target, dtype=np.intp), (n,))
+        out = np.full((n, d + 1 + len(self.target_features)), np.nan)
+        out[:, :d] = X
+        out[:, d] = target
+        for f, columns in enumerate(self.target_features.values(), start=d + 1):
+            for j, column in enumerate(columns):
+                if column is not None and column in self.feature_names:
+                    mine = target == j
+                    out[mine, f] = X[mine, self.feature_names.index(column)]
+        return out
 
     # -- prediction -------------------------------------------------------------------------
 
     def raw(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
-        """Raw booster output; shape (n,) or, for propensity, (n, n_targets)."""
-        Z = self.expand(X)
-        raw = self.booster.predict(Z, raw_score=True, num_threads=num_threads)
-        if self.kind is ModelKind.PROPENSITY:
-            return raw.reshape(X.shape[0], len(self.targets))
-        return raw
+        """Raw booster output; shape (n,) or, for propensity, (n, n_targets).
+
+        Propensity expands and predicts ``EXPAND_SLICE`` customers at a time into one reused
+        buffer: a fresh (n x n_targets)-row matrix per call cost more than the predict on
+        these VMs (first touches of fresh memory; docs/benchmarks.md). Each row's score does
+        not depend on the rows predicted with it, so the slices change no score.
+        """
+        if self.kind is not ModelKind.PROPENSITY:
+            return self.booster.predict(X, raw_score=True, num_threads=num_threads)
+        n, k = X.shape[0], len(self.targets)
+        out = np.empty((n, k))
+        step = max(1, EXPAND_SLICE)
+        buffer = np.empty((min(n, step) * k, X.shape[1] + 1 + len(self.target_features)))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            Z = self.expand(X[start:stop], out=buffer[: (stop - start) * k])
+            out[start:stop] = self.booster.predict(Z, raw_score=True, num_threads=num_threads).reshape(stop - start, k)
+        return out
 
     def predict(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
         """Calibrated probabilities (classifiers) or expected values (expected margin)."""
@@ -309,40 +366,64 @@ class ModelBundle:
             return out
         return self.calibrators.get(self.kind.value, Calibrator()).apply(raw)
 
-    def contributions(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
+    def contributions(self, X: np.ndarray, *, num_threads: int = 0, target: np.ndarray | int | None = None) -> np.ndarray:
         """TreeSHAP contributions to the raw score (LightGBM ``pred_contrib``).
 
         Shape (n, n_booster_features + 1), the last column the expected value; for propensity
-        (n, n_targets, n_booster_features + 1). Rows sum to the raw score.
+        (n, n_targets, n_booster_features + 1), or with ``target`` (a category index per row,
+        or one for all) (n, n_booster_features + 1) for that category's row only: TreeSHAP
+        costs ~50x a predict per row, so explaining one category is n_targets times cheaper.
+        Rows sum to the raw score.
         """
+        if self.kind is ModelKind.PROPENSITY and target is not None:
+            return self.booster.predict(self.expand_rows(X, target), pred_contrib=True, num_threads=num_threads)
         Z = self.expand(X)
         contrib = self.booster.predict(Z, pred_contrib=True, num_threads=num_threads)
         if self.kind is ModelKind.PROPENSITY:
             return contrib.reshape(X.shape[0], len(self.targets), -1)
         return contrib
 
+    def top_targets(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
+        """Propensity: each row's top category (index into ``targets``; ties: the first)."""
+        return np.argmax(self.predict(X, num_threads=num_threads), axis=1)
+
     def reason_code(self, feature: str, direction: str) -> str:
         """Stable id: kind prefix, feature, direction, e.g. ``CHN.days_since_last_purchase.UP``."""
         return f"{self.kind.reason_prefix}.{feature}.{direction.upper()}"
 
     def reasons(
-        self, X: np.ndarray, *, top: int = 3, contributions: np.ndarray | None = None, target: int | None = None
+        self,
+        X: np.ndarray,
+        *,
+        top: int = 3,
+        contributions: np.ndarray | None = None,
+        target: np.ndarray | int | None = None,
+        num_threads: int = 0,
     ) -> list[list[Reason]]:
         """Top ``top`` features by absolute contribution for each row (adverse-action style).
 
-        For propensity, ``target`` selects the category (default: each row's top category).
+        For propensity, ``target`` selects the category, one index for all rows or one per
+        row (default: each row's top category, :meth:`top_targets`); ``contributions`` is
+        then either all categories' (n, n_targets, m + 1) or the chosen rows' (n, m + 1), as
+        ``contributions(X, target=target)`` returns (``target`` required).
         """
-        contrib = self.contributions(X) if contributions is None else contributions
         names = self.booster_features
         values = X
-        if contrib.ndim == 3:
-            if target is None:
-                chosen = np.argmax(self.predict(X), axis=1)
+        if self.kind is ModelKind.PROPENSITY:
+            if contributions is not None and contributions.ndim == 2 and target is None:
+                raise ValueError("propensity contributions of one row per customer need the target they explain")
+            n = X.shape[0]
+            chosen = self.top_targets(X, num_threads=num_threads) if target is None else np.broadcast_to(target, (n,))
+            if contributions is None:
+                contrib = self.contributions(X, num_threads=num_threads, target=chosen)
+            elif contributions.ndim == 3:
+                contrib = contributions[np.arange(n), chosen]
             else:
-                chosen = np.full(X.shape[0], target)
-            contrib = contrib[np.arange(X.shape[0]), chosen]
+                contrib = contributions
             # the expanded rows hold the target-specific feature values
-            values = self.expand(X)[np.arange(X.shape[0]) * len(self.targets) + chosen]
+            values = self.expand_rows(X, chosen)
+        else:
+            contrib = self.contributions(X, num_threads=num_threads) if contributions is None else contributions
         parts = contrib[:, :-1]
         order = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :top]
         out: list[list[Reason]] = []

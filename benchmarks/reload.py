@@ -161,11 +161,10 @@ def registry_promoter(home: Path) -> Callable[[int], dict[str, str]]:
     different model versions than the bundle serving, and a response mixing two bundles'
     versions would be caught.
     """
+    import mlflow
     from mlflow import MlflowClient
 
     from crmscore.bundle import ModelKind
-
-    import mlflow
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)  # the new version's source is a logged model, looked up in this store

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -507,14 +507,37 @@ def _action_json(code: str, reasons: ObjectArray, evidence: Mapping[str, Any]) -
     return ["".join(t) for t in zip(*pieces, strict=False)]  # constants repeat endlessly
 
 
-def _join(parts: Sequence[tuple[BoolArray, Sequence[str]]], n: int, sep: str) -> ObjectArray:
-    """Per row, join the pieces whose mask is True, in the order of ``parts``."""
+def _join(
+    parts: Sequence[tuple[BoolArray, Sequence[str]]], n: int, sep: str, *, prefix: str = "", suffix: str = ""
+) -> ObjectArray:
+    """Per row, join the pieces whose mask is True, in the order of ``parts``, between
+    ``prefix`` and ``suffix`` (added here, not by another pass over n long strings)."""
     rows = np.concatenate([np.flatnonzero(m) for m, _ in parts] + [np.empty(0, np.intp)])
     texts = [t for _, pieces in parts for t in pieces]
     order = np.argsort(rows, kind="stable")  # stable: within a row, keep the order of parts
     texts = [texts[i] for i in order.tolist()]
     bounds = np.searchsorted(rows[order], np.arange(n + 1)).tolist()
+    if prefix or suffix:
+        return _objects([prefix + sep.join(texts[a:b]) + suffix for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     return _objects([sep.join(texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
+def _describe(
+    unknown: BoolArray,
+    above: BoolArray,
+    if_unknown: str,
+    if_above: Callable[[BoolArray], ObjectArray],
+    if_not: Callable[[BoolArray], ObjectArray],
+) -> ObjectArray:
+    """Per row: ``if_unknown`` where ``unknown``, else ``if_above(rows)`` where ``above``, else
+    ``if_not(rows)``; each text is built only for the rows it describes, not for all n."""
+    out = np.empty(unknown.shape[0], dtype=object)
+    out[unknown] = if_unknown
+    up = above & ~unknown
+    down = ~above & ~unknown
+    out[up] = if_above(up)
+    out[down] = if_not(down)
+    return out
 
 
 def _flag_names(
@@ -597,23 +620,19 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
     # 1. Primary action of the quadrant.
     cv_s, fp_s = _money(s.current_value), _money(potential)
     cut_cv, cut_fp = f"{cutoffs.current_value:,.0f}", f"{cutoffs.future_potential:,.0f}"
-    now = np.where(
+    now = _describe(
         np.isnan(s.current_value),
+        profitable,
         "current value unknown, so not shown to be profitable",
-        np.where(
-            profitable,
-            "currently profitable (current value " + cv_s + " > cut-off " + cut_cv + ")",
-            "not currently profitable (current value " + cv_s + " <= cut-off " + cut_cv + ")",
-        ),
+        lambda m: "currently profitable (current value " + cv_s[m] + " > cut-off " + cut_cv + ")",
+        lambda m: "not currently profitable (current value " + cv_s[m] + " <= cut-off " + cut_cv + ")",
     )
-    later = np.where(
+    later = _describe(
         np.isnan(potential),
+        high,
         "future potential unknown (no CLV), so not shown to be high",
-        np.where(
-            high,
-            "high future potential (risk-adjusted CLV " + fp_s + " > cut-off " + cut_fp + ")",
-            "low future potential (risk-adjusted CLV " + fp_s + " <= cut-off " + cut_fp + ")",
-        ),
+        lambda m: "high future potential (risk-adjusted CLV " + fp_s[m] + " > cut-off " + cut_fp + ")",
+        lambda m: "low future potential (risk-adjusted CLV " + fp_s[m] + " <= cut-off " + cut_fp + ")",
     )
     primary = np.empty(n, dtype=object)
     for q, (code, advice) in PRIMARY.items():
@@ -756,7 +775,7 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
             "top_propensity": top_prop,
             "primary_action": primary,
             "action_codes": _join(codes, n, ";"),
-            "actions": "[" + _join(actions, n, ",") + "]",
+            "actions": _join(actions, n, ",", prefix="[", suffix="]"),
             "missing_components": missing_text,
             "policy_version": np.full(n, cutoffs.label, dtype=object),
             "current_value_cutoff": np.full(n, cutoffs.current_value),

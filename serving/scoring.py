@@ -154,13 +154,15 @@ def reason_dicts(reasons: list[Reason]) -> list[dict[str, Any]]:
 def compute_reasons(models: ModelSet, X: np.ndarray, *, top: int = 3, num_threads: int = 0) -> dict[str, list[list[dict[str, Any]]]]:
     """Top reason codes per model for each row of ``X`` (TreeSHAP; the expensive part).
 
-    Propensity's reasons explain the customer's top category.
+    Propensity's reasons explain the customer's top category, and TreeSHAP runs on that
+    category's row only (one of ``n_targets`` rows per customer; the same contributions).
     """
     out: dict[str, list[list[dict[str, Any]]]] = {}
     for kind, bundle in models.bundles.items():
         Xk = X[:, models.index[kind]]
-        contrib = bundle.contributions(Xk, num_threads=num_threads)
-        rows = bundle.reasons(Xk, top=top, contributions=contrib)
+        target = bundle.top_targets(Xk, num_threads=num_threads) if kind is ModelKind.PROPENSITY else None
+        contrib = bundle.contributions(Xk, num_threads=num_threads, target=target)
+        rows = bundle.reasons(Xk, top=top, contributions=contrib, target=target, num_threads=num_threads)
         if kind is ModelKind.CREDIT_RISK:
             history = models.column(X, CREDIT_HISTORY)
             rows = [r if h > 0 else [] for r, h in zip(rows, history, strict=True)]

@@ -349,7 +349,9 @@ def run_core_rfm_local(
     if by != "rows":
         raise ValueError(f"by must be 'rows' or 'customers'; got {by!r}")
     t = as_of_ns(as_of)
-    customers = base.customers.iloc[np.flatnonzero(to_ns(base.customers["signup_date"]) < t)]
+    # Only the two columns the aggregates read: a take of every attribute would copy them all.
+    customers = base.customers[["customer_id", "signup_date"]]
+    customers = customers.iloc[np.flatnonzero(to_ns(customers["signup_date"]) < t)]
     n = len(customers)
     tx = base.transactions
     coded = customers.assign(customer_id=np.arange(n, dtype=np.int64))

@@ -131,22 +131,54 @@ def place_chunk(
     return normalise(placed[ordered])
 
 
+ARROW_STRING = pd.StringDtype("pyarrow")
+
+
 def normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Fixed Arrow-friendly dtypes so every chunk, and both engines, write one schema."""
-    out = frame.copy()
-    for col in out.columns:
-        s = out[col]
-        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object or pd.api.types.is_string_dtype(s):
-            out[col] = s.astype(object).where(s.notna(), None).astype(pd.StringDtype("pyarrow"))
+    """Fixed Arrow-friendly dtypes so every chunk, and both engines, write one schema.
+
+    Text becomes Arrow-backed strings (None for any missing value), booleans ``bool``,
+    integers ``int64``, numbers ``float64``, ``as_of`` ``datetime64[ns]``. A column already
+    Arrow-backed text (a part read back by pass 2) is kept as it is: converting it again
+    would give the same values.
+    """
+    columns: dict[str, pd.Series] = {}
+    for col in frame.columns:
+        s = frame[col]
+        if s.dtype == ARROW_STRING:
+            columns[col] = s
+        elif isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object or pd.api.types.is_string_dtype(s):
+            columns[col] = _arrow_strings(s)
         elif pd.api.types.is_bool_dtype(s):
-            out[col] = s.astype(bool)
+            columns[col] = s.astype(bool)
         elif pd.api.types.is_integer_dtype(s):
-            out[col] = s.astype(np.int64)
+            columns[col] = s.astype(np.int64)
         elif pd.api.types.is_float_dtype(s):
-            out[col] = s.astype(np.float64)
+            columns[col] = s.astype(np.float64)
+        else:
+            columns[col] = s
+    # one frame built from the columns: assigning them one by one into a copy re-copies blocks
+    out = pd.DataFrame(columns, index=frame.index)
     if "as_of" in out.columns:
         out["as_of"] = pd.to_datetime(out["as_of"]).astype("datetime64[ns]")
     return out
+
+
+def _arrow_strings(s: pd.Series) -> pd.Series:
+    """Text column -> Arrow-backed strings, missing values (None, NaN, NA) as nulls.
+
+    Strings (and missing values) go to Arrow in one call; a column holding anything else
+    (numbers, timestamps) takes the slower pandas conversion, which formats each value.
+    """
+    values = s.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        try:
+            array = pa.array(values, type=pa.large_string(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        else:
+            return pd.Series(pd.arrays.ArrowStringArray(array), index=s.index, name=s.name)
+    return s.astype(object).where(s.notna(), None).astype(ARROW_STRING)
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crmscore.features.io import AS_OF_KEY, write_arrow_atomic
+from crmscore.features.io import ARROW_STRINGS, AS_OF_KEY, write_arrow_atomic
 from crmscore.serving.batch.chunks import (
     ReasonsMode,
     carried_columns,
@@ -153,7 +153,8 @@ def run_local(
             features = next(snapshot_chunks) if snapshot_chunks is not None else None
             part = work / f"placed-{i:05d}.parquet"
             if not part.exists():
-                scores = pq.read_table(work / f"scores-{i:05d}.parquet").to_pandas()
+                # text as Arrow-backed strings, the dtype normalise writes: not converted again
+                scores = pq.read_table(work / f"scores-{i:05d}.parquet").to_pandas(types_mapper=ARROW_STRINGS.get)
                 placed = place_chunk(models, scores, policy, cutoffs, reasons, features, num_threads=num_threads)
                 table = to_arrow(placed)
                 write_arrow_atomic(table, part)

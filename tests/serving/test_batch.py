@@ -130,3 +130,44 @@ def test_killed_run_resumes_to_identical_output(trained_models, reference, tmp_p
     assert result["customer_id"].is_unique
     pd.testing.assert_frame_equal(result, reference)
     assert np.isfinite(result["churn_prob"]).all()
+
+
+def reference_normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """The obvious version: every text column through object, missing -> None, then Arrow text."""
+    out = frame.copy()
+    for col in out.columns:
+        s = out[col]
+        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object or pd.api.types.is_string_dtype(s):
+            out[col] = s.astype(object).where(s.notna(), None).astype(pd.StringDtype("pyarrow"))
+        elif pd.api.types.is_bool_dtype(s):
+            out[col] = s.astype(bool)
+        elif pd.api.types.is_integer_dtype(s):
+            out[col] = s.astype(np.int64)
+        elif pd.api.types.is_float_dtype(s):
+            out[col] = s.astype(np.float64)
+    if "as_of" in out.columns:
+        out["as_of"] = pd.to_datetime(out["as_of"]).astype("datetime64[ns]")
+    return out
+
+
+def test_normalise_equals_the_plain_conversion_whatever_the_text_columns_hold() -> None:
+    import pyarrow as pa
+
+    from crmscore.serving.batch.chunks import normalise
+
+    frame = pd.DataFrame({
+        "customer_id": ["C1", "C2", "C3", "C4"],
+        "as_of": pd.to_datetime(["2025-01-01"] * 4),
+        "text": np.array(["a", None, np.nan, pd.NA], dtype=object),
+        "empty": np.array([None] * 4, dtype=object),
+        "mixed": np.array([1, "b", None, 2.5], dtype=object),  # not all text: pandas formats each
+        "arrow": pd.array(["x", None, "y", "z"], dtype=pd.StringDtype("pyarrow")),  # as pass 2 reads it
+        "python_str": pd.array(["p", None, "q", "r"], dtype="string"),
+        "quadrant": pd.Categorical(["invest", None, "sack", "invest"], categories=["invest", "sack"]),
+        "flag": [True, False, True, False],
+        "count": np.array([1, 2, 3, 4], dtype=np.int32),
+        "score": np.array([0.5, np.nan, 1.0, 2.0], dtype=np.float32),
+    }, index=[10, 11, 12, 13])
+    got, expected = normalise(frame), reference_normalise(frame)
+    pd.testing.assert_frame_equal(got, expected)
+    assert pa.Table.from_pandas(got).equals(pa.Table.from_pandas(expected))

@@ -102,3 +102,72 @@ def test_save_load_round_trip(tmp_path) -> None:
 def test_unknown_kind_is_named() -> None:
     with pytest.raises(ValueError, match=r"^unknown model kind 'lifetime'; expected one of churn, propensity, credit_risk, expected_margin$"):
         ModelKind.parse("lifetime")
+
+
+# --- propensity: the sliced expand and one-row TreeSHAP against the simple versions -----------
+
+
+def small_propensity_bundle() -> tuple[ModelBundle, np.ndarray]:
+    """Three categories, a target-specific feature (absent for the third category)."""
+    rng = np.random.default_rng(3)
+    n, targets = 400, ["a", "b", "c"]
+    frame = pd.DataFrame({
+        "x": rng.normal(size=n), "share_a": rng.random(n), "share_b": rng.random(n),
+        "segment": pd.Categorical(rng.choice(["B2B", "B2C"], n)),
+    })
+    frame.loc[::7, "x"] = np.nan
+    bundle = ModelBundle(ModelKind.PROPENSITY, ["x", "share_a", "share_b", "segment"], {"segment": ["B2B", "B2C"]},
+                         None, targets, target_features={"target_share": ["share_a", "share_b", None]})  # type: ignore[arg-type]
+    X = bundle.encode(frame)
+    Z = reference_expand(bundle, X)
+    y = (Z[:, 0] + Z[:, 5] * 2 - Z[:, 4] * 0.5 + rng.normal(size=len(Z)) > 0.5).astype(float)
+    data = lgb.Dataset(Z, y, feature_name=bundle.booster_features, categorical_feature=[3, 4])
+    bundle.booster = lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 7}, data, 25)
+    raw = bundle.booster.predict(Z, raw_score=True).reshape(n, 3)
+    for j, t in enumerate(targets):
+        bundle.calibrators[t] = Calibrator.fit(raw[:, j], y[j::3])
+    return bundle, X
+
+
+def reference_expand(bundle: ModelBundle, X: np.ndarray) -> np.ndarray:
+    """The obvious expansion: every customer row repeated per category, then the category code
+    and the category's own target-specific column."""
+    n, k = X.shape[0], len(bundle.targets)
+    extra = np.full((n * k, 1 + len(bundle.target_features)), np.nan)
+    extra[:, 0] = np.tile(np.arange(k, dtype=np.float64), n)
+    for f, columns in enumerate(bundle.target_features.values(), start=1):
+        for j, column in enumerate(columns):
+            if column is not None:
+                extra[j::k, f] = X[:, bundle.feature_names.index(column)]
+    return np.hstack([np.repeat(X, k, axis=0), extra])
+
+
+def test_sliced_expand_and_raw_equal_the_simple_expansion(monkeypatch) -> None:
+    import crmscore.bundle as bundle_module
+
+    bundle, X = small_propensity_bundle()
+    expected = reference_expand(bundle, X)
+    np.testing.assert_array_equal(bundle.expand(X), expected)
+    reference_raw = bundle.booster.predict(expected, raw_score=True).reshape(X.shape[0], 3)
+    for step in (1, 7, 400, 10_000):  # one customer a slice, a ragged last slice, one slice, more than n
+        monkeypatch.setattr(bundle_module, "EXPAND_SLICE", step)
+        np.testing.assert_array_equal(bundle.raw(X), reference_raw)
+    np.testing.assert_array_equal(bundle.raw(X[:1]), reference_raw[:1])
+    with pytest.raises(ValueError, match=r"^out must be a float64 array of shape \(6, 6\); got float64 \(5, 6\)$"):
+        bundle.expand(X[:2], out=np.empty((5, 6)))
+
+
+def test_one_row_treeshap_equals_the_chosen_rows_of_all_categories() -> None:
+    bundle, X = small_propensity_bundle()
+    n = X.shape[0]
+    every = bundle.contributions(X)  # (n, 3, m + 1): all categories
+    chosen = np.argmax(bundle.predict(X), axis=1)
+    np.testing.assert_array_equal(bundle.top_targets(X), chosen)
+    np.testing.assert_array_equal(bundle.expand_rows(X, chosen), reference_expand(bundle, X)[np.arange(n) * 3 + chosen])
+    one = bundle.contributions(X, target=chosen)
+    np.testing.assert_array_equal(one, every[np.arange(n), chosen])
+    assert bundle.reasons(X, contributions=one, target=chosen) == bundle.reasons(X, contributions=every)
+    assert bundle.reasons(X) == bundle.reasons(X, contributions=every)
+    assert bundle.reasons(X, target=2) == bundle.reasons(X, contributions=every, target=2)
+    with pytest.raises(ValueError, match=r"^propensity contributions of one row per customer need the target they explain$"):
+        bundle.reasons(X, contributions=one)
