@@ -283,3 +283,18 @@ def test_loading_does_not_import_lifetimes():
         "load_cdnow_base(); assert 'lifetimes' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_snapshot_and_labels_at_the_benchmark_as_of(base):
+    """Issue 3: the CDNOW snapshot at the end of calibration (as-of 1997-10-01, the start of that
+    day, i.e. everything up to 1997-09-30) with its 273-day labels: every customer, the holdout's
+    70.1% churn and $776,961 of revenue (x the margin rate as margin), features from the past only."""
+    from crmscore.features.pipeline import build_snapshot
+
+    snapshot = build_snapshot(base, CDNOW_PROTOCOL.as_of, CDNOW_PROTOCOL.horizon_days, with_labels=True)
+    assert len(snapshot) == N_CUSTOMERS and snapshot["customer_id"].is_unique
+    assert abs(snapshot["label_churn"].mean() - 0.701) <= 0.001
+    revenue = base.transactions["revenue"].sum()
+    margin = (base.transactions["revenue"] - base.transactions["cost"]).sum()
+    assert snapshot["label_margin"].sum() == pytest.approx(776_961 * margin / revenue, rel=1e-6)
+    assert snapshot["days_since_last_purchase"].min() >= 1  # nothing on or after the as-of day
