@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import date, datetime
 from pathlib import Path
 
@@ -44,8 +43,6 @@ def tiny_base() -> Base:
 
 
 def synthetic(n: int, seed: int) -> Base:
-    if importlib.util.find_spec("crmscore.features.synthetic") is None:
-        pytest.skip("crmscore.features.synthetic is not there yet")
     from crmscore.features.synthetic import generate_base
 
     generated = generate_base(n, seed=seed)

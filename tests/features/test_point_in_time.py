@@ -7,7 +7,6 @@ features must stay exactly the same. Labels, which describe the horizon, may mov
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import date
 
 import numpy as np
@@ -27,8 +26,6 @@ S = pd.StringDtype("pyarrow")
 
 @pytest.fixture(scope="module")
 def base() -> Base:
-    if importlib.util.find_spec("crmscore.features.synthetic") is None:
-        pytest.skip("crmscore.features.synthetic is not there yet")
     from crmscore.features.synthetic import generate_base
 
     generated = generate_base(500, seed=21)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -45,8 +44,6 @@ def spark() -> Iterator[object]:
 
 
 def synthetic(n: int, seed: int) -> Base:
-    if importlib.util.find_spec("crmscore.features.synthetic") is None:
-        pytest.skip("crmscore.features.synthetic is not there yet")
     from crmscore.features.synthetic import generate_base
 
     generated = generate_base(n, seed=seed)

@@ -7,7 +7,6 @@ vectorised ``compute_features`` must agree with it on every feature and label.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
 from collections import defaultdict
@@ -442,20 +441,15 @@ def test_reference_on_the_hand_base(hand: pd.DataFrame) -> None:
     assert_matches_reference(hand, reference_snapshot(hand_base(), AS_OF, HORIZON, CATEGORIES, True))
 
 
-def synthetic_base(n: int, seed: int) -> Base | None:
-    if importlib.util.find_spec("crmscore.features.synthetic") is None:
-        return None
+def synthetic_base(n: int, seed: int) -> Base:
     from crmscore.features.synthetic import generate_base
 
-    generated = generate_base(n, seed=seed)
-    return generated.to_base() if hasattr(generated, "to_base") else generated
+    return generate_base(n, seed=seed).to_base()
 
 
 @pytest.mark.parametrize("as_of", [date(2022, 9, 15), date(2024, 3, 1), date(2024, 10, 3)])
 def test_reference_on_a_synthetic_base(as_of: date) -> None:
     base = synthetic_base(120, seed=7)
-    if base is None:
-        pytest.skip("crmscore.features.synthetic is not there yet")
     categories = sorted(base.transactions["product_category"].unique())
     fast = compute_features(base.tables(), as_of, HORIZON, categories, with_labels=True)
     assert_matches_reference(fast, reference_snapshot(base, as_of, HORIZON, categories, True))
@@ -463,8 +457,6 @@ def test_reference_on_a_synthetic_base(as_of: date) -> None:
 
 def test_reference_through_the_chunked_engine() -> None:
     base = synthetic_base(150, seed=11)
-    if base is None:
-        pytest.skip("crmscore.features.synthetic is not there yet")
     categories = sorted(base.transactions["product_category"].unique())
     fast = build_snapshot(base, AS_OF, HORIZON, chunk_customers=16, n_jobs=2)
     assert_matches_reference(fast, reference_snapshot(base, AS_OF, HORIZON, categories, True))

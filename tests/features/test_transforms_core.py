@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import date
 
 import numpy as np
@@ -20,8 +19,6 @@ AS_OF = date(2024, 7, 1)
 
 @pytest.fixture(scope="module")
 def base() -> Base:
-    if importlib.util.find_spec("crmscore.features.synthetic") is None:
-        pytest.skip("crmscore.features.synthetic is not there yet")
     from crmscore.features.synthetic import generate_base
 
     generated = generate_base(300, seed=9)
