@@ -7,7 +7,7 @@ No files, no MLflow here (``tracking.py`` logs what this returns). Every fit fol
    the booster never saw, not even to choose its number of trees;
 2. LightGBM with categoricals handled natively (integer codes + ``categorical_feature``),
    monotone constraints where the kind has them, early stopping on the first half;
-3. classifiers: the positive class is up-weighted by sqrt(neg/pos) when rare, and an isotonic
+3. classifiers: the positive class is up-weighted by sqrt(neg/pos) when rare, and a beta
    (or, on small data, Platt) calibrator maps raw scores to honest probabilities;
 4. a simple scikit-learn baseline (logistic / ridge regression on imputed, scaled, one-hot
    features) is fitted beside it, so the lift of the booster over it is visible.

@@ -46,12 +46,42 @@ def test_calibrators_are_monotone() -> None:
     rng = np.random.default_rng(0)
     raw = rng.normal(size=5000)
     y = (rng.random(5000) < 1 / (1 + np.exp(-(0.5 * raw - 1)))).astype(float)
-    for n in (5000, 300):  # isotonic, then Platt on a small set
+    for n in (5000, 300):  # beta, then Platt on a small set
         cal = Calibrator.fit(raw[:n], y[:n])
-        assert cal.method == ("isotonic" if n == 5000 else "platt")
+        assert cal.method == ("beta" if n == 5000 else "platt")
         grid = np.linspace(-4, 4, 200)
         p = cal.apply(grid)
-        assert np.all(np.diff(p) >= 0) and p.min() > 0 and p.max() < 1
+        # strictly increasing: no two customers the booster ranked apart get the same score
+        assert np.all(np.diff(p) > 0) and p.min() > 0 and p.max() < 1
+
+
+def test_beta_calibration_recovers_a_distorted_probability_and_keeps_the_ranking() -> None:
+    """A booster's raw score that is over-confident and shifted (what up-weighting rare
+    positives does): beta calibration restores the true probability on fresh rows, and the
+    calibrated score ranks rows exactly as the raw score does (same AUC, no ties)."""
+    from sklearn.metrics import roc_auc_score
+
+    from crmscore.training.evaluate import expected_calibration_error
+
+    rng = np.random.default_rng(3)
+    true_logit = rng.normal(-3.0, 1.5, size=60_000)
+    y = (rng.random(true_logit.size) < 1 / (1 + np.exp(-true_logit))).astype(float)
+    raw = 1.6 * true_logit + 2.0  # over-confident and shifted by the class weight
+    fit, fresh = slice(0, 30_000), slice(30_000, None)
+    cal = Calibrator.fit(raw[fit], y[fit])
+    assert cal.method == "beta"
+    p = cal.apply(raw[fresh])
+    p_true = 1 / (1 + np.exp(-true_logit[fresh]))
+    assert np.abs(p - p_true).max() < 0.03
+    assert expected_calibration_error(y[fresh], p) < 0.01
+    assert expected_calibration_error(y[fresh], 1 / (1 + np.exp(-raw[fresh]))) > 0.05
+    assert roc_auc_score(y[fresh], p) == pytest.approx(roc_auc_score(y[fresh], raw[fresh]), abs=1e-12)
+    assert np.unique(p).size == np.unique(raw[fresh]).size
+
+
+def test_isotonic_calibrators_of_older_bundles_still_apply() -> None:
+    cal = Calibrator("isotonic", knots_x=[-1.0, 0.0, 1.0], knots_y=[0.1, 0.4, 0.8])
+    np.testing.assert_allclose(cal.apply(np.array([-2.0, -0.5, 0.5, 3.0])), [0.1, 0.25, 0.6, 0.8])
 
 
 def small_bundle(kind: ModelKind = ModelKind.CHURN) -> tuple[ModelBundle, pd.DataFrame]:
