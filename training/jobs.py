@@ -137,7 +137,7 @@ def evaluate_bundle(
 def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation:
     out = Evaluation()
     pred = bundle.predict(bundle.encode(test))
-    aucs, eces, ratios = [], [], []
+    aucs, eces, ratios, truth_eces = [], [], [], []
     stacked_y, stacked_p = [], []
     for j, t in enumerate(targets):
         y = _labels(test, t.label)
@@ -156,13 +156,17 @@ def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation
             good = ok & ~np.isnan(matched)
             r = ev.oracle_ratios(y[good], pred[good, j], matched[good])
             out.metrics[f"{slug}_oracle_auc_ratio"] = r["auc_ratio"]
+            # the truth's own ECE on these rows: the sampling-noise floor of the model's ECE
+            out.metrics[f"{slug}_oracle_ece_truth"] = r["ece_truth"]
             ratios.append(r["auc_ratio"])
+            truth_eces.append(r["ece_truth"])
     if aucs:
         out.metrics.update({"mean_auc": float(np.mean(aucs)), "mean_ece": float(np.mean(eces)),
                             "max_ece": float(np.max(eces))})
     if ratios:
         out.metrics["oracle_mean_auc_ratio"] = float(np.mean(ratios))
         out.metrics["oracle_min_auc_ratio"] = float(np.min(ratios))
+        out.metrics["oracle_mean_ece_truth"] = float(np.mean(truth_eces))
     if stacked_y and with_plots:
         y, p = np.concatenate(stacked_y), np.concatenate(stacked_p)
         out.figures["calibration"] = ev.plot_calibration(y, p, "propensity: calibration, all categories (test)")
