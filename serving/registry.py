@@ -29,7 +29,10 @@ request, on the rows sent.
 
 :class:`BundleHolder` owns the current bundle and swaps it atomically: a request takes the
 reference once and keeps that bundle to the end, so in-flight requests finish on the old
-bundle; a failed load leaves the old bundle serving and keeps the reason.
+bundle; a failed load leaves the old bundle serving and keeps the reason. While a bundle is
+serving, a reload builds the next one in a separate process
+(:class:`~crmscore.serving.loader_process.LoaderProcess`), so the build's Python work does not
+hold the GIL against the event loop; the first load, with nothing to serve yet, runs in a thread.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import gc
 import json
 import logging
 import math
+import pickle
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +60,7 @@ import pyarrow.parquet as pq
 from crmscore.bundle import ModelBundle, ModelKind, load_registered_bundle
 from crmscore.features.io import AS_OF_KEY
 from crmscore.serving.batch.chunks import CUTOFFS_KEY, POLICY_KEY
+from crmscore.serving.loader_process import LoaderProcess, LoaderProcessDied, replay
 from crmscore.serving.policy import Cutoffs, Policy, load_policy
 from crmscore.serving.portfolio import assign_portfolio, resolve_cutoffs
 from crmscore.serving.report import portfolio_summary
@@ -705,11 +710,17 @@ class BundleHolder:
     Readers call :attr:`current` once per request and use that object to the end; the swap
     is a single reference assignment on the event loop, so a request never sees half of one
     bundle and half of another. Only one load runs at a time.
+
+    With the default loader, the first load runs in a worker thread (nothing is served yet, so
+    nothing waits for the GIL) and starts the loader process beside it; every later load is
+    built in that process and only unpickled and warmed up here. :meth:`close` stops it.
     """
 
     def __init__(self, settings: ServingSettings, loader: Loader | None = None) -> None:
         self.settings = settings
         self.loader: Loader = loader or load_serving_bundle
+        #: with the default loader, reloads are built here (a loader passed in runs in a thread)
+        self.loader_process: LoaderProcess | None = LoaderProcess() if loader is None else None
         self.current: ServingBundle | None = None
         self.last_attempt: LoadAttempt | None = None
         self.loading_since: datetime | None = None
@@ -775,8 +786,10 @@ class BundleHolder:
                 f"a reload is already running (started {self.loading_since.isoformat(timespec='seconds')})")
         self.loading_since = datetime.now(UTC)
         started = time.perf_counter()
+        work = self._load_in_loader_process if self.loader_process is not None and self.current is not None \
+            else self._load
         try:
-            bundle = await anyio.to_thread.run_sync(self._load, abandon_on_cancel=True)
+            bundle = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
         except LoadError as exc:
             self.last_attempt = LoadAttempt(datetime.now(UTC), False, time.perf_counter() - started,
                                             exc.reason, str(exc))
@@ -798,6 +811,10 @@ class BundleHolder:
         return bundle
 
     def _load(self) -> ServingBundle:
+        if self.loader_process is not None:
+            # imports in the background (seconds of CPU, at low priority) while this load runs,
+            # so the first reload finds it ready
+            self.loader_process.start()
         try:
             return self.loader(self.settings)
         except LoadError:
@@ -805,3 +822,33 @@ class BundleHolder:
         except Exception as exc:  # anything else is still a failed load, never a crash
             logger.exception("unexpected error while loading a bundle")
             raise LoadError("unexpected error while loading", f"{type(exc).__name__}: {exc}") from exc
+
+    def _load_in_loader_process(self) -> ServingBundle:
+        """Build the bundle in the loader process; here only unpickle it and warm it up."""
+        assert self.loader_process is not None
+        started = time.perf_counter()
+        try:
+            blob, records = self.loader_process.load(self.settings)
+        except LoaderProcessDied as exc:
+            raise LoadError("the bundle loader process stopped before the bundle was built", str(exc)) from exc
+        except LoadError:
+            raise
+        except Exception as exc:  # the pipe or the child misbehaving is still a failed load
+            logger.exception("unexpected error while loading a bundle in the loader process")
+            raise LoadError("unexpected error while loading", f"{type(exc).__name__}: {exc}") from exc
+        replay(records)
+        try:
+            bundle = pickle.loads(blob)  # noqa: S301 - our own child process, over a private pipe
+        except Exception as exc:
+            raise LoadError("the bundle built by the loader process cannot be read",
+                            f"{type(exc).__name__}: {exc}") from exc
+        del blob
+        _warm_up(bundle)  # this process's first predictions, before the swap
+        elapsed = time.perf_counter() - started
+        logger.info("bundle %s received from the loader process and warmed up in %.1f s", bundle.bundle_id, elapsed)
+        return dataclasses.replace(bundle, load_seconds=round(elapsed, 3))
+
+    def close(self) -> None:
+        """Stop the loader process (the server is shutting down)."""
+        if self.loader_process is not None:
+            self.loader_process.close()

@@ -116,6 +116,7 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await anyio.to_thread.run_sync(state.holder.close)  # the loader process, if started
 
     app = FastAPI(
         title="crmscore scoring API",
