@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-
 class LoaderProcessDied(RuntimeError):
     """The loader process ended before answering (killed, out of memory, crashed)."""
 
