@@ -29,11 +29,15 @@ request, on the rows sent.
 
 :class:`BundleHolder` owns the current bundle and swaps it atomically: a request takes the
 reference once and keeps that bundle to the end, so in-flight requests finish on the old
-bundle; a failed load leaves the old bundle serving and keeps the reason.
+bundle; a failed load leaves the old bundle serving and keeps the reason. While a bundle is
+serving, a reload builds the next one in a separate process
+(:class:`~crmscore.serving.loader_process.LoaderProcess`), so the build's Python work does not
+hold the GIL against the event loop; the first load, with nothing to serve yet, runs in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import json
@@ -41,6 +45,7 @@ import logging
 import math
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -56,6 +61,13 @@ import pyarrow.parquet as pq
 from crmscore.bundle import ModelBundle, ModelKind, load_registered_bundle
 from crmscore.features.io import AS_OF_KEY
 from crmscore.serving.batch.chunks import CUTOFFS_KEY, POLICY_KEY
+from crmscore.serving.loader_process import (
+    LoaderProcess,
+    LoaderProcessDied,
+    from_pieces,
+    malloc_trim,
+    replay,
+)
 from crmscore.serving.policy import Cutoffs, Policy, load_policy
 from crmscore.serving.portfolio import assign_portfolio, resolve_cutoffs
 from crmscore.serving.report import portfolio_summary
@@ -76,6 +88,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: after a swap, wait up to steps x seconds for the old bundle's last request before malloc_trim
+TRIM_WAIT_STEPS = 100
+TRIM_WAIT_STEP_SECONDS = 0.1
 #: rows scored at once while loading: bounds the memory of the portfolio frames
 LOAD_CHUNK_ROWS = 50_000
 #: largest magnitude accepted for an inline numeric feature (currency, counts, days)
@@ -705,17 +720,24 @@ class BundleHolder:
     Readers call :attr:`current` once per request and use that object to the end; the swap
     is a single reference assignment on the event loop, so a request never sees half of one
     bundle and half of another. Only one load runs at a time.
+
+    With the default loader, the first load runs in a worker thread (nothing is served yet, so
+    nothing waits for the GIL) and starts the loader process beside it; every later load is
+    built in that process and only unpickled and warmed up here. :meth:`close` stops it.
     """
 
     def __init__(self, settings: ServingSettings, loader: Loader | None = None) -> None:
         self.settings = settings
         self.loader: Loader = loader or load_serving_bundle
+        #: with the default loader, reloads are built here (a loader passed in runs in a thread)
+        self.loader_process: LoaderProcess | None = LoaderProcess() if loader is None else None
         self.current: ServingBundle | None = None
         self.last_attempt: LoadAttempt | None = None
         self.loading_since: datetime | None = None
         self.generation = 0
         self._check: tuple[ServingBundle, float, str | None] | None = None  # (bundle, when, reason)
         self._listeners: list[Callable[[ServingBundle], None]] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     def on_swap(self, listener: Callable[[ServingBundle], None]) -> None:
         """Call ``listener(bundle)`` after each successful swap (e.g. to update metrics)."""
@@ -775,8 +797,10 @@ class BundleHolder:
                 f"a reload is already running (started {self.loading_since.isoformat(timespec='seconds')})")
         self.loading_since = datetime.now(UTC)
         started = time.perf_counter()
+        work = self._load_in_loader_process if self.loader_process is not None and self.current is not None \
+            else self._load
         try:
-            bundle = await anyio.to_thread.run_sync(self._load, abandon_on_cancel=True)
+            bundle = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
         except LoadError as exc:
             self.last_attempt = LoadAttempt(datetime.now(UTC), False, time.perf_counter() - started,
                                             exc.reason, str(exc))
@@ -785,8 +809,11 @@ class BundleHolder:
             raise
         finally:
             self.loading_since = None
-        self.current = bundle  # the swap
+        previous, self.current = self.current, bundle  # the swap
         self.generation += 1
+        self._check = None  # the cached self-check held the old bundle alive
+        self._trim_once_freed(previous)
+        del previous
         # The bundle lives until the next reload: move it (and whatever else is alive now) out of
         # the cyclic GC's generations, so full collections stop scanning its millions of objects
         # (a latency spike each time otherwise). Cheap, no collection here; reference counting
@@ -797,7 +824,36 @@ class BundleHolder:
             listener(bundle)
         return bundle
 
+    def _trim_once_freed(self, previous: ServingBundle | None) -> None:
+        """Once the replaced bundle is freed, give the C heap's free pages back to the system.
+
+        Freed objects go back to malloc, which keeps the pages: measured here, the server's RSS
+        grew ~10 MB per reload (docs/reliability.md). Requests in flight (and the admin
+        reload's response) hold the old bundle for a moment: wait for its last reference, then
+        ``malloc_trim`` in a worker thread (the call releases the GIL).
+        """
+        if previous is None:
+            return
+        gone = weakref.ref(previous)
+
+        async def trim() -> None:
+            import anyio.to_thread
+
+            for _ in range(TRIM_WAIT_STEPS):
+                if gone() is None:
+                    break
+                await asyncio.sleep(TRIM_WAIT_STEP_SECONDS)
+            await anyio.to_thread.run_sync(malloc_trim)
+
+        task = asyncio.get_running_loop().create_task(trim(), name="crmscore-malloc-trim")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _load(self) -> ServingBundle:
+        if self.loader_process is not None:
+            # imports in the background (seconds of CPU) while this load runs,
+            # so the first reload finds it ready
+            self.loader_process.start()
         try:
             return self.loader(self.settings)
         except LoadError:
@@ -805,3 +861,32 @@ class BundleHolder:
         except Exception as exc:  # anything else is still a failed load, never a crash
             logger.exception("unexpected error while loading a bundle")
             raise LoadError("unexpected error while loading", f"{type(exc).__name__}: {exc}") from exc
+
+    def _load_in_loader_process(self) -> ServingBundle:
+        """Build the bundle in the loader process; here only unpickle it and warm it up."""
+        assert self.loader_process is not None
+        started = time.perf_counter()
+        try:
+            pieces, records = self.loader_process.load(self.settings)
+        except LoaderProcessDied as exc:
+            raise LoadError("the bundle loader process stopped before the bundle was built", str(exc)) from exc
+        except LoadError:
+            raise
+        except Exception as exc:  # the pipe or the child misbehaving is still a failed load
+            logger.exception("unexpected error while loading a bundle in the loader process")
+            raise LoadError("unexpected error while loading", f"{type(exc).__name__}: {exc}") from exc
+        replay(records)
+        try:
+            bundle = from_pieces(ServingBundle, pieces)
+        except Exception as exc:
+            raise LoadError("the bundle built by the loader process cannot be read",
+                            f"{type(exc).__name__}: {exc}") from exc
+        _warm_up(bundle)  # this process's first predictions, before the swap
+        elapsed = time.perf_counter() - started
+        logger.info("bundle %s received from the loader process and warmed up in %.1f s", bundle.bundle_id, elapsed)
+        return dataclasses.replace(bundle, load_seconds=round(elapsed, 3))
+
+    def close(self) -> None:
+        """Stop the loader process (the server is shutting down)."""
+        if self.loader_process is not None:
+            self.loader_process.close()

@@ -66,6 +66,10 @@ class ServingSettings(BaseSettings):
     load_threads : int
         LightGBM threads used when a bundle is loaded (scoring the whole snapshot once);
         0 = every core. Default 1, which leaves a core to serve requests during a reload.
+    load_niceness : int
+        CPU niceness (0 to 19) of the process that builds reloaded bundles (the first load runs
+        in the server itself). Default 0, the server's own priority: a higher value favours
+        requests over the build, but on a busy machine it can starve the build for minutes.
     load_retry_seconds : float
         While no bundle is loaded (the first load failed), retry every this many seconds;
         0 = only on ``POST /v1/admin/reload``.
@@ -93,6 +97,7 @@ class ServingSettings(BaseSettings):
     max_connections: int = Field(default=512, ge=1)
     compute_threads: int = Field(default=2, ge=1, le=64)
     load_threads: int = Field(default=1, ge=0)
+    load_niceness: int = Field(default=0, ge=0, le=19)
     load_retry_seconds: float = Field(default=30.0, ge=0)
     metrics_require_key: bool = True
     top_reasons: int = Field(default=3, ge=1, le=10)

@@ -35,6 +35,7 @@ from crmscore.serving.api.middleware import (
     request_id_of,
 )
 from crmscore.serving.api.routes import admin, customers, health, metrics, models, portfolio, scores
+from crmscore.serving.loader_process import limit_malloc_arenas
 from crmscore.serving.registry import BundleHolder, Loader, LoadError, ReloadInProgress
 from crmscore.serving.security import KeyStore
 from crmscore.serving.settings import ServingSettings
@@ -116,6 +117,7 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await anyio.to_thread.run_sync(state.holder.close)  # the loader process, if started
 
     app = FastAPI(
         title="crmscore scoring API",
@@ -148,8 +150,14 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
     return app
 
 
+#: malloc arenas of a server process (glibc; ``MALLOC_ARENA_MAX`` in the environment wins):
+#: bounds the memory that reloads leave mapped in per-thread arenas (docs/reliability.md)
+MALLOC_ARENAS = 2
+
+
 def create_app_from_env() -> FastAPI:
     """App factory for uvicorn workers: settings from the ``CRMSCORE_*`` environment."""
+    limit_malloc_arenas(MALLOC_ARENAS)
     return create_app(ServingSettings())
 
 
@@ -181,6 +189,7 @@ def run_server(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8
 
     if workers < 1:
         raise ValueError(f"workers must be a positive number of processes; got {workers}")
+    limit_malloc_arenas(MALLOC_ARENAS)  # before uvicorn starts threads
     options: dict[str, Any] = {
         "host": host,
         "port": port,

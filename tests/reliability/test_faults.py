@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
-import pickle
+import os
+import signal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +25,6 @@ from urllib.parse import quote
 import mlflow
 import pytest
 
-from crmscore.serving import registry
 from crmscore.serving.registry import ServingBundle
 from crmscore.serving.settings import ServingSettings
 
@@ -49,6 +50,18 @@ UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port of loo
 def ready_reason(detail: str) -> str:
     """The short reason inside a failed reload's detail (``reload failed: <reason>: <detail>; ...``)."""
     return detail.removeprefix("reload failed: ").split(";")[0].rsplit(": ", 1)[0]
+
+
+def champion_booster_file(name: str) -> Path:
+    """The booster text file of a registered model's champion, in the artefact store itself."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(name, "champion").version
+    uri = client.get_model_version_download_uri(name, version)
+    path = Path(uri.removeprefix("file://")) / "artifacts" / "bundle" / "booster.txt"
+    assert path.is_file(), path
+    return path
 
 
 def path_of(customer_id: str) -> str:
@@ -114,12 +127,15 @@ async def test_failed_reloads_keep_the_old_bundle_serving(api: Any, rel_env: Any
 
         holder.settings = rel_env.settings  # good files again; now the models fail
 
-        def corrupt(*args: Any, **kwargs: Any) -> Any:
-            raise pickle.UnpicklingError("invalid load key, '\\x00'")
-
-        with monkeypatch.context() as patch:  # a corrupt model artefact
-            patch.setattr(registry, "load_registered_bundle", corrupt)
+        # a corrupt model artefact: the champion's booster file in the artefact store, damaged
+        # for the length of one reload (a reload is built in the loader process, which reads it)
+        booster = champion_booster_file("crm-churn")
+        intact = booster.read_bytes()
+        try:
+            booster.write_bytes(b"\x00 not a LightGBM model\n")
             await assert_failed_reload_keeps_serving("model crm-churn@champion could not be loaded")
+        finally:
+            booster.write_bytes(intact)
 
         # an unreachable registry: nothing listens on port 9 of loopback; no retries
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -135,6 +151,52 @@ async def test_failed_reloads_keep_the_old_bundle_serving(api: Any, rel_env: Any
         r = await client.post("/v1/admin/reload", headers=admin)
         assert r.status_code == 200 and r.json()["bundle_id"] != good["bundle_id"]
         assert (await client.get("/health/ready")).json()["last_reload_error"] is None
+
+
+async def test_a_dead_loader_process_fails_one_reload_and_is_replaced(api: Any, rel_env: Any) -> None:
+    """Reloads are built in a child process: killed mid-build, that reload fails (503, the old
+    bundle keeps serving); killed while idle, the next reload just starts a new one."""
+    async with api.running(rel_env.settings) as (app, client):
+        admin, reader = {"X-API-Key": rel_env.admin}, {"X-API-Key": rel_env.reader}
+        holder = app.state.service.holder
+        good = (await client.get("/health/ready")).json()
+        expected = (await client.get(path_of(rel_env.ids[3]) + "?reasons=false", headers=reader)).json()
+        r = await client.post("/v1/admin/reload", headers=admin)  # the child is up and has built one
+        assert r.status_code == 200, r.text
+        first_pid = holder.loader_process.pid
+        assert first_pid is not None and first_pid != os.getpid()
+        serving = r.json()["bundle_id"]
+
+        reload = asyncio.create_task(client.post("/v1/admin/reload", headers=admin))
+        while holder.loading_since is None:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)  # the request is in the child, which needs far longer to build
+        os.kill(first_pid, signal.SIGKILL)
+        r = await reload
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"].startswith("reload failed: the bundle loader process stopped before the "
+                                             "bundle was built: the bundle loader process "), r.json()
+        assert "(exit code -9)" in r.json()["detail"] and r.json()["detail"].endswith("keeps serving")
+        ready = (await client.get("/health/ready")).json()
+        assert ready["bundle_id"] == serving and ready["last_reload_error"].startswith("the bundle loader process")
+        again = await client.get(path_of(rel_env.ids[3]) + "?reasons=false", headers=reader)
+        assert again.status_code == 200 and again.json() == expected
+
+        r = await client.post("/v1/admin/reload", headers=admin)  # a new child
+        assert r.status_code == 200, r.text
+        second_pid = holder.loader_process.pid
+        assert second_pid not in (None, first_pid)
+        os.kill(second_pid, signal.SIGKILL)  # dead while idle: replaced before the next build
+        for _ in range(500):
+            if holder.loader_process._process.poll() is not None:
+                break
+            await asyncio.sleep(0.01)
+        r = await client.post("/v1/admin/reload", headers=admin)
+        assert r.status_code == 200, r.text
+        assert holder.loader_process.pid not in (None, first_pid, second_pid)
+        assert (await client.get("/health/ready")).json()["last_reload_error"] is None
+        assert good["bundle_id"] != r.json()["bundle_id"]
+    assert holder.loader_process.pid is None  # the app's shutdown stopped the child
 
 
 async def test_unreachable_registry_is_reported_as_such(api: Any, rel_env: Any,

@@ -269,6 +269,37 @@ def test_holder_runs_one_load_at_a_time(trained_models, bundle: ServingBundle) -
     asyncio.run(scenario())
 
 
+def test_the_replaced_bundle_is_freed_and_the_heap_trimmed(trained_models, bundle: ServingBundle,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a swap nothing of the holder's keeps the old bundle (the cached self-check used
+    to), and once it is gone the C heap is trimmed (issue 8: RSS over reloads)."""
+    import gc
+    import weakref
+
+    from crmscore.serving import loader_process, registry
+
+    trims: list[bool] = []
+    monkeypatch.setattr(registry, "malloc_trim", lambda: trims.append(loader_process.malloc_trim()) or True)
+    monkeypatch.setattr(registry, "TRIM_WAIT_STEP_SECONDS", 0.01)
+    made = iter(range(3))
+    holder = BundleHolder(settings_for(trained_models),
+                          lambda settings: dataclasses.replace(bundle, bundle_id=f"copy-{next(made)}"))
+
+    async def scenario() -> None:
+        first = weakref.ref(await holder.reload())
+        assert holder.self_check(holder.current) is None  # caches (bundle, when, reason)
+        await holder.reload()
+        gc.collect()
+        assert first() is None, gc.get_referrers(first())
+        for _ in range(200):
+            if trims:
+                break
+            await asyncio.sleep(0.01)
+        assert trims == [True]  # glibc: malloc_trim was called, once the old bundle was gone
+
+    asyncio.run(scenario())
+
+
 def test_unexpected_loader_errors_become_load_errors(trained_models) -> None:
     def broken(settings: ServingSettings) -> ServingBundle:
         raise ZeroDivisionError("boom")
