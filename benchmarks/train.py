@@ -9,13 +9,19 @@ in a fresh Python with a private MLflow home (SQLite + local artefacts). Timers 
 functions the job looks up at call time, so the stages below are the job's own:
 
 * load + validate the base (``validate.load_base``);
-* features: each of the 13 snapshots (``pipeline.build_snapshot``) and their stacking
-  (``pipeline.build_training_frame``);
+* the customer samples (``split.training_sample``, ``split.evaluation_sample``): on 1M
+  customers the snapshots are built for a seeded sample of customers whose training rows fill
+  ``max_train_rows``, the test snapshot for ``TEST_MAX_CUSTOMERS`` (200k) customers, the truth
+  for ``TRUTH_MAX_CUSTOMERS`` (20k) of them; the table prints what the runs logged;
+* features: restricting the base to each sample (``pipeline.restrict_base``), each of the 13
+  snapshots (``pipeline.build_snapshot``) and their stacking (``pipeline.build_training_frame``,
+  then one ``concat`` of the training and test frames inside ``prepare_training_data``);
 * the synthetic truth for the oracle ratios (``jobs.load_truth``), see below;
 * the data fingerprint logged with every run (``tracking.frame_fingerprint``);
-* per kind: the train/validation/test split and sampling, the LightGBM fit (``fit_bundle``),
-  the scikit-learn baseline (``fit_baseline``), the evaluation on the test snapshot
-  (``evaluate_bundle``) and MLflow logging + registration (``tracking.log_run``);
+* the train/validation/test split (``TrainingData.split``: once, reused by every kind);
+* per kind: the propensity row sample, the LightGBM fit (``fit_bundle``), the scikit-learn
+  baseline (``fit_baseline``), the evaluation on the test sample (``evaluate_bundle``) and
+  MLflow logging + registration (``tracking.log_run``);
 * promotion (``promote_job``).
 
 When the default run cannot finish (the memory guard below, or an error), the job runs again
@@ -28,12 +34,11 @@ time x threads, the process waited for the cores) and the peak RSS while it ran 
 0.25 s). A guard aborts the run, reporting what it measured so far, if the machine's available
 memory falls below ``--min-free-gb``, so a run that cannot fit does not take other work with it.
 
-The truth: ``load_truth`` computes the generator's true probabilities for the test snapshot
-(``synthetic.compute_truth``: 200 Monte Carlo continuations of every (customer, category)).
-Its memory grows as customers x categories x 200, far beyond this machine at 1M customers,
-so by default (``--truth measure``) the job runs without it (no oracle ratios) and
-``compute_truth`` is timed on its own on ``--truth-customers`` customers and extrapolated;
-``--truth library`` leaves the job as it is.
+The truth: ``load_truth`` computes the generator's true probabilities for the test customers
+(``synthetic.compute_truth``: 200 Monte Carlo continuations of every (customer, category),
+about 1 ms per customer), now for the job's truth sample only. By default (``--truth
+library``) the job runs as the CLI does, truth included; ``--truth measure`` runs it without
+the truth and times ``compute_truth`` apart on ``--truth-customers`` customers.
 
 Run: .venv/bin/python benchmarks/train.py [--customers 1000000] [--work DIR] [--threads 0]
 (the base is shared with benchmarks/batch.py in ``--work`` and generated when absent).
@@ -131,6 +136,10 @@ def bundle_kind(a, k):
     return (a[0] if a else k["bundle"]).kind.value
 
 validate.load_base = timed("load + validate base", validate.load_base)
+jobs.prepare_training_data = timed("prepare_training_data", jobs.prepare_training_data)
+jobs.training_sample = timed("draw the samples", jobs.training_sample)
+jobs.evaluation_sample = timed("draw the samples", jobs.evaluation_sample)
+pipeline.restrict_base = timed("restrict the base to a sample", pipeline.restrict_base)
 pipeline.build_snapshot = timed("snapshot", pipeline.build_snapshot, lambda a, k: str(a[1]))
 pipeline.build_training_frame = timed("features: snapshots stacked", pipeline.build_training_frame)
 tracking.frame_fingerprint = timed("data fingerprint", tracking.frame_fingerprint)
@@ -150,10 +159,19 @@ config = TrainConfig(**settings) if {snapshots} is None else TrainConfig(train_s
 extra = {{}}
 try:
     trained = timed("train_job", jobs.train_job)(Path({base!r}), list(ModelKind), config, home=Path({home!r}))
+    import mlflow
+    run = mlflow.get_run(trained[0].run.run_id)
+    extra["sampling"] = {{
+        "tags": {{k: v for k, v in run.data.tags.items() if k.startswith("crmscore.data.sample.")}},
+        "params": {{k: v for k, v in run.data.params.items()
+                    if k.endswith(("_customers", "_sampled")) or k == "sample_seed"}},
+    }}
     extra["models"] = {{m.kind.value: {{"trees": m.bundle.booster.num_trees(), "train_rows": m.bundle.info.get("train_rows"),
                                        "metrics": {{k: round(v, 4) for k, v in m.evaluation.metrics.items()
                                                    if k in ("auc", "ece", "mean_auc", "mean_ece", "rmse", "spearman",
-                                                            "baseline_auc", "baseline_rmse")}}}}
+                                                            "baseline_auc", "baseline_rmse", "oracle_auc_ratio",
+                                                            "oracle_mean_auc_ratio", "oracle_min_auc_ratio",
+                                                            "oracle_rmse_ratio")}}}}
                        for m in trained}}
     timed("promote_job", jobs.promote_job)(list(ModelKind), config, home=Path({home!r}))
 except BaseException as exc:
@@ -206,15 +224,26 @@ def rows_of(result: dict, args: argparse.Namespace) -> list[tuple[str, str]]:
         return max((s["peak_rss_mb"] for s in pick(name, kind)), default=float("nan"))
 
     snaps = pick("snapshot")
+    restrict = total("restrict the base to a sample")
+    stacked = total("features: snapshots stacked") - sum(s["wall_s"] for s in snaps) - restrict
+    truth_s = total("truth (compute_truth)")
+    prepare_rest = (total("prepare_training_data") - total("load + validate base") - total("draw the samples")
+                    - total("features: snapshots stacked") - truth_s)
+    sampling = result.get("sampling") or {}
     rows = [
         ("load + validate base (s)", f"{total('load + validate base'):.1f}"),
+        ("draw the customer samples (s)", f"{total('draw the samples'):.1f}"),
+        *[(f"  sample: {k.removeprefix('crmscore.data.sample.')}", v) for k, v in (sampling.get("tags") or {}).items()],
+        ("restrict the base to the samples (s, calls)", f"{restrict:.1f}, {len(pick('restrict the base to a sample'))}"),
         (f"features: {len(snaps)} snapshots (s)", f"{sum(s['wall_s'] for s in snaps):.1f}"
          + (f"  ({min(s['wall_s'] for s in snaps):.1f}-{max(s['wall_s'] for s in snaps):.1f} each)" if snaps else "")),
-        ("  + stacking (concat) (s); peak RSS (MB)",
-         f"{total('features: snapshots stacked') - sum(s['wall_s'] for s in snaps):.1f}; {peak('features: snapshots stacked'):.0f}"),
-        ("truth (s)", f"{total('truth (compute_truth)'):.1f}" if args.truth == "library" else "skipped (see below)"),
+        ("  + stacking (concat) (s); peak RSS (MB)", f"{stacked:.1f}; {peak('features: snapshots stacked'):.0f}"),
+        ("truth (s)", f"{truth_s:.1f}" + (f"  ({sampling['params'].get('truth_customers')} customers)"
+                                           if sampling.get("params") else "")
+         if args.truth == "library" else "skipped (see below)"),
+        ("rest of prepare_training_data (s)", f"{prepare_rest:.1f}  (feature set, training + test concat)"),
         ("data fingerprint (s)", f"{total('data fingerprint'):.1f}"),
-        ("train/validation/test splits (s, calls); peak RSS (MB)",
+        ("train/validation/test split (s, calls); peak RSS (MB)",
          f"{total('split'):.1f}, {len(pick('split'))}; {peak('split'):.0f}"),
     ]
     for s in pick("fit_kind"):
@@ -227,10 +256,10 @@ def rows_of(result: dict, args: argparse.Namespace) -> list[tuple[str, str]]:
         rows += [
             (f"{kind} (s)", f"{s['wall_s'] + log:.1f}"
              + (f"  [{model.get('trees')} trees, {model.get('train_rows'):,} rows]" if model else "")),
-            ("  split + sample", f"{s['wall_s'] - sum(parts.values()):.1f}"),
+            ("  split + sample", f"{s['wall_s'] - sum(parts.values()):.1f}"),  # split() cached after the first call
             ("  LightGBM fit + calibration (CPU s)", f"{parts['fit']:.1f} ({fit_cpu:.1f})"),
             ("  scikit-learn baseline", f"{parts['baseline']:.1f}"),
-            ("  evaluate on the test snapshot", f"{parts['evaluate']:.1f}"),
+            ("  evaluate on the test sample", f"{parts['evaluate']:.1f}"),
             ("  MLflow log + register", f"{log:.1f}"),
             ("  peak RSS (MB)", f"{max(s['peak_rss_mb'], peak('MLflow log + register', kind)):.0f}"),
         ]
@@ -260,8 +289,9 @@ def main() -> None:
                         help="cache folder holding the base (shared with batch.py, kept between runs)")
     parser.add_argument("--threads", type=int, default=0,
                         help="LightGBM num_threads (0 = the library default: every core from 100k rows)")
-    parser.add_argument("--truth", choices=("measure", "library"), default="measure",
-                        help="measure: run the job without the synthetic truth and time compute_truth apart")
+    parser.add_argument("--truth", choices=("measure", "library"), default="library",
+                        help="library: the job as the CLI runs it (truth on its sample); measure: the job "
+                             "without the synthetic truth, compute_truth timed apart")
     parser.add_argument("--truth-customers", type=int, default=10_000)
     parser.add_argument("--fallback-snapshots", type=int, default=6,
                         help="when the default run cannot finish, run again with this many training snapshots "
@@ -309,6 +339,7 @@ def main() -> None:
         "customers": args.customers, "threads": args.threads, "truth_mode": args.truth, "base": str(base),
         "generate": generated,
         "runs": [{"train_snapshots": r["train_snapshots"], "train_job_s": job_seconds(r), "total_s": r["total_s"],
+                  "sampling": r.get("sampling"),
                   "peak_rss_mb": r["self_peak_rss_mb"], "models": r.get("models"), "error": r.get("error"),
                   "traceback": r.get("traceback"), "aborted": r.get("aborted"), "unfinished": r.get("unfinished"),
                   "stages": r["stages"], "rss_samples": r["rss_samples"]} for r in runs],

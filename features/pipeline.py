@@ -15,6 +15,8 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from crmscore.features.catalogue import FeatureSpec, render_markdown
 from crmscore.features.io import Base
@@ -158,6 +160,7 @@ def build_snapshot(
     n_jobs: int = 2,
     categories: Sequence[str] | None = None,
     data_end: date | None = None,
+    plan_base: Base | None = None,
 ) -> pd.DataFrame:
     """Point-in-time features (and labels) of every customer known at ``as_of``.
 
@@ -187,6 +190,10 @@ def build_snapshot(
         training base's list to score a later base with the same columns.
     data_end : date, optional
         End of the observed period (exclusive); by default the day after the last transaction.
+    plan_base : Base, optional
+        When ``base`` is a sample of a larger base (:func:`restrict_base`), that base: the
+        observed period and the categorical levels are taken from it, so the sample's rows
+        equal the whole base's snapshot rows of the same customers, column types included.
 
     Returns
     -------
@@ -206,8 +213,8 @@ def build_snapshot(
         raise ValueError(f"master is only used by the spark engine; got master={master!r} with engine={engine!r}")
     chunk_customers = _check_count("chunk_customers", chunk_customers, "customers")
     n_jobs = _check_count("n_jobs", n_jobs, "jobs")
-    plan = plan_snapshot(base, as_of, horizon_days, with_labels=with_labels,
-                         categories=categories, data_end=data_end)
+    plan = plan_snapshot(base if plan_base is None else plan_base, as_of, horizon_days,
+                         with_labels=with_labels, categories=categories, data_end=data_end)
     logger.info("snapshot at %s (horizon %d days, labels %s) on the %s engine",
                 plan.as_of, plan.horizon_days, plan.with_labels, engine)
     if engine == "spark":
@@ -298,6 +305,7 @@ def build_training_frame(
     n_jobs: int = 2,
     categories: Sequence[str] | None = None,
     data_end: date | None = None,
+    customers: Sequence[str] | pd.Series | None = None,
 ) -> pd.DataFrame:
     """Labelled snapshots at several as-of dates, stacked: one row per (customer, as-of).
 
@@ -307,6 +315,10 @@ def build_training_frame(
     ----------
     as_of_dates : sequence of date
         As-of dates, each with an observed horizon (e.g. :func:`monthly_as_of_dates`).
+    customers : sequence of str, optional
+        Only these customers (ids), in every snapshot they are known at: the base is
+        restricted to them once (:func:`restrict_base`), and the snapshots keep the whole
+        base's period and levels. By default every customer.
     Other parameters
         As in :func:`build_snapshot`; labels are always computed.
 
@@ -320,14 +332,38 @@ def build_training_frame(
     if len(as_of_dates) == 0:
         raise ValueError("as_of_dates must hold at least one date; got none")
     cats = base_categories(base) if categories is None else tuple(categories)
+    source, plan_base = base, None
+    if customers is not None:
+        source, plan_base = restrict_base(base, customers), base
+        logger.info("training frame for %d of %d customers", len(source.customers), len(base.customers))
     frames = []
     for as_of in sorted(parse_as_of(d) for d in as_of_dates):
-        snap = build_snapshot(base, as_of, horizon_days, engine=engine, master=master,
+        snap = build_snapshot(source, as_of, horizon_days, engine=engine, master=master,
                               with_labels=True, chunk_customers=chunk_customers,
-                              n_jobs=n_jobs, categories=cats, data_end=data_end)
+                              n_jobs=n_jobs, categories=cats, data_end=data_end, plan_base=plan_base)
         snap.insert(1, "as_of", pd.Series(pd.Timestamp(as_of), index=snap.index, dtype="datetime64[ns]"))
         frames.append(snap)
     return pd.concat(frames, ignore_index=True)
+
+
+def restrict_base(base: Base, customer_ids: Sequence[str] | pd.Series) -> Base:
+    """The base limited to ``customer_ids``: their customer rows and their events, in order.
+
+    Every feature and label of a customer reads that customer's rows only, so a snapshot of
+    the restricted base (with ``plan_base=base``) has exactly the whole base's rows of these
+    customers. Ids not in the base are ignored.
+    """
+    wanted = pa.array(pd.Series(customer_ids, dtype=object).astype(str).to_numpy(dtype=object), pa.string())
+
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        ids = frame["customer_id"]
+        array = ids.array
+        values = (pa.chunked_array(array.__arrow_array__()) if hasattr(array, "__arrow_array__")
+                  else pa.array(ids.astype(str).to_numpy(dtype=object), pa.string()))
+        rows = np.flatnonzero(pc.is_in(values, value_set=wanted).to_numpy(zero_copy_only=False))
+        return frame.take(rows).reset_index(drop=True)
+
+    return Base(**{name: keep(frame) for name, frame in base.tables().items()})
 
 
 # --- the catalogue --------------------------------------------------------------------------

@@ -21,7 +21,15 @@ from crmscore.training import evaluate as ev
 from crmscore.training import tracking
 from crmscore.training.config import TrainConfig
 from crmscore.training.kinds import SPECS
-from crmscore.training.split import choose_as_of_dates, validation_mask
+from crmscore.training.split import (
+    TEST_MAX_CUSTOMERS,
+    TRUTH_MAX_CUSTOMERS,
+    CustomerSample,
+    choose_as_of_dates,
+    evaluation_sample,
+    training_sample,
+    validation_mask,
+)
 from crmscore.training.train import (
     FeatureSet,
     PropensityTarget,
@@ -199,7 +207,11 @@ def propensity_targets(frame: pd.DataFrame, categories: Sequence[str]) -> list[P
 
 @dataclass
 class TrainingData:
-    """The stacked snapshots a training run learns from, and where they came from."""
+    """The stacked snapshots a training run learns from, and where they came from.
+
+    ``samples`` holds the customer samples the snapshots were built for ("train", "test",
+    "truth"; absent: every customer); :meth:`sampling` describes them for the run's record.
+    """
 
     frame: pd.DataFrame
     train_dates: list[date]
@@ -207,17 +219,33 @@ class TrainingData:
     features: FeatureSet
     categories: list[str]
     truth: pd.DataFrame | None = None
+    samples: dict[str, CustomerSample] = field(default_factory=dict)
+    _parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = field(default=None, init=False, repr=False)
 
     @property
     def labels(self) -> list[str]:
         return [c for c in self.frame.columns if c.startswith("label_")]
 
     def split(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        as_of = self.frame["as_of"]
-        test = self.frame[as_of == pd.Timestamp(self.test_date)]
-        history = self.frame[as_of < pd.Timestamp(self.test_date)]
-        in_valid = validation_mask(history["customer_id"])
-        return history[~in_valid], history[in_valid], test
+        """Train, validation (by customer) and out-of-time test rows; computed once, then reused
+        (each kind reads the same three frames, so they are not copied again per kind)."""
+        if self._parts is None:
+            as_of = self.frame["as_of"].to_numpy()
+            test_at = np.datetime64(pd.Timestamp(self.test_date).to_datetime64(), "ns")
+            in_history = as_of < test_at
+            in_valid = validation_mask(self.frame["customer_id"])
+            self._parts = (self.frame[in_history & ~in_valid], self.frame[in_history & in_valid],
+                           self.frame[as_of == test_at])
+        return self._parts
+
+    def sampling(self) -> dict[str, str]:
+        """One line per sample (train, test, truth): what the run learnt and was measured on."""
+        out = {}
+        for purpose, default in (("train", "every customer"), ("test", "every customer known at the test as-of"),
+                                 ("truth", "every test customer")):
+            sample = self.samples.get(purpose)
+            out[purpose] = sample.describe() if sample is not None else f"{default} (not sampled)"
+        return out
 
 
 def prepare_training_data(
@@ -227,8 +255,18 @@ def prepare_training_data(
     test_as_of: date | None = None,
     engine: str = "local",
     master: str | None = None,
+    test_max_customers: int = TEST_MAX_CUSTOMERS,
+    truth_max_customers: int = TRUTH_MAX_CUSTOMERS,
 ) -> TrainingData:
-    """Validate the base, stack the snapshots, and (synthetic bases) load the truth."""
+    """Validate the base, stack the snapshots, and (synthetic bases) load the truth.
+
+    On a large base the snapshots are built for seeded samples of customers, drawn before any
+    feature is computed (``training.split``): the training snapshots for the customers whose
+    training rows fill ``config.max_train_rows`` (the fits would sample down to it anyway), the
+    test snapshot for at most ``test_max_customers`` customers known at the test as-of, the
+    truth for at most ``truth_max_customers`` of those (a subset of the test sample). Below
+    these caps nothing is sampled. Seeds: ``config.random_state``.
+    """
     from crmscore.features.pipeline import (
         base_categories,
         build_training_frame,
@@ -241,8 +279,26 @@ def prepare_training_data(
     available = monthly_as_of_dates(base, config.horizon_days)
     train_dates, test_date = choose_as_of_dates(available, config.horizon_days, config.train_snapshots, test_as_of)
     logger.info("training on as-of %s; testing out of time on %s", ", ".join(map(str, train_dates)), test_date)
-    frame = build_training_frame(base, [*train_dates, test_date], config.horizon_days, engine=engine, master=master)
+    customers = base.customers[["customer_id", "signup_date"]]
+    drawn = {
+        "train": training_sample(customers, train_dates, config.max_train_rows, config.random_state),
+        "test": evaluation_sample(customers, test_date, test_max_customers, config.random_state),
+        "truth": evaluation_sample(customers, test_date, truth_max_customers, config.random_state, "truth"),
+    }
+    samples = {purpose: sample for purpose, sample in drawn.items() if sample is not None}
+    for purpose, sample in samples.items():
+        logger.info("%s: %s", purpose, sample.describe())
+
+    build = {"horizon_days": config.horizon_days, "engine": engine, "master": master}
+    if "train" in samples or "test" in samples:
+        parts = [build_training_frame(base, dates, customers=None if sample is None else sample.customer_ids, **build)
+                 for dates, sample in ((train_dates, samples.get("train")), ([test_date], samples.get("test")))]
+        frame = pd.concat(parts, ignore_index=True)
+        del parts
+    else:
+        frame = build_training_frame(base, [*train_dates, test_date], **build)
     categories = list(base_categories(base))
+    del base, customers  # the base is the largest object alive; the truth reads its own copy
     descriptions = {s.name: s.meaning for s in catalogue_specs(categories)}
     descriptions.update({
         "target_category": "Product category scored",
@@ -252,12 +308,21 @@ def prepare_training_data(
     })
     labels = [c for c in frame.columns if c.startswith("label_")]
     features = infer_feature_set(frame, [*ID_COLUMNS, *labels], descriptions)
-    truth = load_truth(base_path, test_date, config.horizon_days)
-    return TrainingData(frame, train_dates, test_date, features, categories, truth)
+    truth_sample = samples.get("truth")
+    truth = load_truth(base_path, test_date, config.horizon_days,
+                       customers=None if truth_sample is None else truth_sample.customer_ids)
+    return TrainingData(frame, train_dates, test_date, features, categories, truth, samples)
 
 
-def load_truth(base_path: Path, as_of: date, horizon_days: int) -> pd.DataFrame | None:
-    """The synthetic generator's truth at (as_of, horizon), computed if not written; None for real bases."""
+def load_truth(
+    base_path: Path, as_of: date, horizon_days: int, *, customers: pd.Series | None = None
+) -> pd.DataFrame | None:
+    """The synthetic generator's truth at (as_of, horizon), computed if not written; None for real bases.
+
+    ``customers`` limits it to those ids: read from the written truth when there is one, else
+    computed for them only (``compute_truth`` costs ~1 ms per customer; not written, as it is
+    not the whole base's truth).
+    """
     from crmscore.features import synthetic
 
     traits = Path(base_path) / "_truth" / "traits.parquet"
@@ -266,11 +331,30 @@ def load_truth(base_path: Path, as_of: date, horizon_days: int) -> pd.DataFrame 
     path = synthetic.truth_path(base_path, as_of, horizon_days)
     if path.is_file():
         truth = pd.read_parquet(path)
+        if customers is not None:
+            truth = truth[truth["customer_id"].astype(str).isin(set(customers))]
+    elif customers is not None:
+        truth = synthetic.compute_truth(_sample_synthetic(synthetic.load_synthetic_base(base_path), customers),
+                                        as_of, horizon_days)
     else:
         truth = synthetic.compute_truth(synthetic.load_synthetic_base(base_path), as_of, horizon_days)
         synthetic.write_parquet_atomic(truth, path)
     truth["customer_id"] = truth["customer_id"].astype(str)
     return truth.set_index("customer_id")
+
+
+def _sample_synthetic(base, customers: pd.Series):
+    """A synthetic base limited to ``customers``: their traits and their rows of every table."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from crmscore.features.synthetic import SyntheticBase, Traits
+
+    wanted = pa.array(customers.astype(str).to_numpy(dtype=object), pa.string())
+    tables = {name: t.filter(pc.is_in(t.column("customer_id"), value_set=wanted)) for name, t in base.tables.items()}
+    frame = base.traits.frame
+    traits = frame[frame["customer_id"].astype(str).isin(set(customers))].reset_index(drop=True)
+    return SyntheticBase(tables=tables, traits=Traits(traits))
 
 
 def fit_kind(kind: ModelKind, data: TrainingData, config: TrainConfig, *, with_plots: bool = True) -> TrainedModel:
@@ -304,9 +388,17 @@ def train_job(
     master: str | None = None,
     home: Path | None = None,
     register: bool = True,
+    test_max_customers: int = TEST_MAX_CUSTOMERS,
+    truth_max_customers: int = TRUTH_MAX_CUSTOMERS,
 ) -> list[TrainedModel]:
-    """``crmscore train``: fit each kind, log and register it in MLflow."""
-    data = prepare_training_data(base_path, config, test_as_of=test_as_of, engine=engine, master=master)
+    """``crmscore train``: fit each kind, log and register it in MLflow.
+
+    The customer samples of large bases (:func:`prepare_training_data`) are logged with every
+    run: params ``train_customers``, ``test_customers``, ``truth_customers``, ``sample_seed``,
+    ``<train|test|truth>_sampled`` and tags ``crmscore.data.sample.<train|test|truth>``.
+    """
+    data = prepare_training_data(base_path, config, test_as_of=test_as_of, engine=engine, master=master,
+                                 test_max_customers=test_max_customers, truth_max_customers=truth_max_customers)
     tracking.setup_tracking(home)
     identity = {
         "crmscore.data.base": str(Path(base_path).resolve()),
@@ -315,6 +407,9 @@ def train_job(
         "crmscore.data.rows": str(len(data.frame)),
         "crmscore.data.hash": tracking.frame_fingerprint(data.frame),
         "crmscore.data.truth": "yes" if data.truth is not None else "no",
+        # the customer samples the snapshots were built for (training.split): what the run
+        # learnt from and what its test metrics and logged test frame measure
+        **{f"crmscore.data.sample.{purpose}": line for purpose, line in data.sampling().items()},
         # governance: the code and the whole training configuration behind the version, and the
         # scoring policy baked into the bundle (scorecard anchors, CLV horizon and discount rate);
         # the portfolio policy is applied at scoring time and recorded with every scored row
@@ -327,12 +422,17 @@ def train_job(
         ),
     }
     results = []
-    _, _, test = data.split()
+    train, valid, test = data.split()
+    sampled = {"sample_seed": config.random_state,  # customers of the training snapshots, validation included
+               "train_customers": int(train["customer_id"].nunique() + valid["customer_id"].nunique()),
+               "test_customers": len(test),
+               "truth_customers": 0 if data.truth is None else len(data.truth),
+               **{f"{purpose}_sampled": purpose in data.samples for purpose in ("train", "test", "truth")}}
     for kind in kinds:
         model = fit_kind(kind, data, config)
         params = {"horizon_days": config.horizon_days, "train_snapshots": len(data.train_dates),
                   **config.lightgbm.model_dump(), "trees": model.bundle.booster.num_trees(),
-                  "features": len(data.features.names)}
+                  "features": len(data.features.names), **sampled}
         if kind is ModelKind.CREDIT_RISK:
             params.update({f"scorecard_{k}": v for k, v in config.scorecard.model_dump().items()})
         if kind is ModelKind.EXPECTED_MARGIN:
