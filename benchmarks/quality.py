@@ -94,7 +94,9 @@ def main() -> None:
     base, _ = ensure_base(args.work, args.customers)
     config = TrainConfig()
     start = time.perf_counter()
-    data = jobs.prepare_training_data(base, config)
+    # Every test customer evaluated and given its truth (train_job samples them on large bases):
+    # the ECE goal needs every row the base has.
+    data = jobs.prepare_training_data(base, config, test_max_customers=10**9, truth_max_customers=10**9)
     if data.truth is None:
         raise SystemExit(f"{base} has no synthetic truth (_truth/traits.parquet)")
     timings = {"prepare_s": round(time.perf_counter() - start, 1)}
