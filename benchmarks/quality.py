@@ -28,6 +28,7 @@ Writes benchmarks/results/quality.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -73,7 +74,7 @@ def margin_ceiling(data, base: Path, config) -> dict:
     frame = pd.concat([data.frame, extra], axis=1)
     features = FeatureSet([*data.features.names, *traits.columns], data.features.categorical,
                           data.features.descriptions)
-    with_traits = type(data)(frame, data.train_dates, data.test_date, features, data.categories, data.truth)
+    with_traits = dataclasses.replace(data, frame=frame, features=features)
     m = jobs.fit_kind(ModelKind.EXPECTED_MARGIN, with_traits, config, with_plots=False).evaluation.metrics
     return {"rmse": m["rmse"], "rmse_ratio": m["oracle_rmse_ratio"]}
 

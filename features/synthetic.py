@@ -385,6 +385,17 @@ class SyntheticBase:
         }
         return Base(**frames)
 
+    def restrict(self, customer_ids: pd.Series) -> SyntheticBase:
+        """The base limited to ``customer_ids``: their traits and their rows of every table
+        (each customer's truth reads only its own rows, so it is unchanged)."""
+        ids = customer_ids.astype(str)
+        wanted = pa.array(ids.to_numpy(dtype=object), pa.string())
+        tables = {name: t.filter(pc.is_in(t.column("customer_id"), value_set=wanted))
+                  for name, t in self.tables.items()}
+        frame = self.traits.frame
+        traits = frame[frame["customer_id"].astype(str).isin(set(ids))].reset_index(drop=True)
+        return SyntheticBase(tables=tables, traits=Traits(traits))
+
 
 #: the traits a block of customers is simulated from
 _BLOCK_TRAITS = (

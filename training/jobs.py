@@ -334,27 +334,13 @@ def load_truth(
         if customers is not None:
             truth = truth[truth["customer_id"].astype(str).isin(set(customers))]
     elif customers is not None:
-        truth = synthetic.compute_truth(_sample_synthetic(synthetic.load_synthetic_base(base_path), customers),
+        truth = synthetic.compute_truth(synthetic.load_synthetic_base(base_path).restrict(customers),
                                         as_of, horizon_days)
     else:
         truth = synthetic.compute_truth(synthetic.load_synthetic_base(base_path), as_of, horizon_days)
         synthetic.write_parquet_atomic(truth, path)
     truth["customer_id"] = truth["customer_id"].astype(str)
     return truth.set_index("customer_id")
-
-
-def _sample_synthetic(base, customers: pd.Series):
-    """A synthetic base limited to ``customers``: their traits and their rows of every table."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from crmscore.features.synthetic import SyntheticBase, Traits
-
-    wanted = pa.array(customers.astype(str).to_numpy(dtype=object), pa.string())
-    tables = {name: t.filter(pc.is_in(t.column("customer_id"), value_set=wanted)) for name, t in base.tables.items()}
-    frame = base.traits.frame
-    traits = frame[frame["customer_id"].astype(str).isin(set(customers))].reset_index(drop=True)
-    return SyntheticBase(tables=tables, traits=Traits(traits))
 
 
 def fit_kind(kind: ModelKind, data: TrainingData, config: TrainConfig, *, with_plots: bool = True) -> TrainedModel:

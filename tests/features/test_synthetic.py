@@ -196,3 +196,22 @@ def test_truth_cli_for_another_as_of(tmp_path: Path) -> None:
     table = pd.read_parquet(out / "_truth" / "truth_2024-03-01_h180.parquet")
     assert {"customer_id", "true_churn", "true_default", "true_margin"} <= set(table.columns)
     assert table["true_churn"].between(0, 1).all()
+
+
+def test_restricted_base_keeps_its_customers_rows_and_their_exact_truth(synthetic_small, truth_and_labels) -> None:
+    """``SyntheticBase.restrict`` (the truth of a training run's sample): each table keeps exactly
+    the chosen customers' rows, and the truth's exact parts (churn, purchase per category) are
+    those of the whole base; margin and default on new invoices are Monte Carlo, so not compared."""
+    truth, _ = truth_and_labels
+    ids = truth["customer_id"].astype(str).iloc[::7].reset_index(drop=True)
+    small = synthetic_small.restrict(ids)
+    assert set(small.traits.frame["customer_id"].astype(str)) == set(ids)
+    for name, table in synthetic_small.tables.items():
+        kept = table.to_pandas()
+        kept = kept[kept["customer_id"].astype(str).isin(set(ids))].reset_index(drop=True)
+        pd.testing.assert_frame_equal(small.tables[name].to_pandas(), kept)
+    part = compute_truth(small, AS_OF, HORIZON, mc_paths=100, seed=1).set_index("customer_id")
+    whole = truth.set_index("customer_id").loc[part.index]
+    exact = ["true_churn", *(f"true_purchase_{c}" for c in CATEGORIES)]
+    assert len(part) == len(ids)
+    np.testing.assert_allclose(part[exact].to_numpy(), whole[exact].to_numpy(), rtol=1e-12, atol=1e-12)
