@@ -412,6 +412,9 @@ def score(
     reasons: Annotated[
         str, typer.Option("--reasons", help="Reason codes for: all customers, those with a triggered action, or none.")
     ] = "actions",
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Local engine: chunks scored at a time (0 = one per core).")
+    ] = 0,
     policy: Annotated[Path | None, typer.Option("--policy", help="Portfolio policy YAML (default: the packaged one).")] = None,
 ) -> None:
     """Score the whole base with the champion models: scores, CLV, quadrant, actions, reasons.
@@ -441,7 +444,7 @@ def score(
 
         try:
             result = score_base(features_file, out, policy=loaded_policy, engine=engine, master=master,
-                                chunk_rows=chunk_rows, reasons=reasons, progress=progress)
+                                chunk_rows=chunk_rows, reasons=reasons, workers=workers, progress=progress)
         except (FileNotFoundError, LookupError, ValueError) as exc:
             raise fail(str(exc)) from None
         except BatchError as exc:

@@ -51,6 +51,7 @@ def score_base(
     master: str | None = None,
     chunk_rows: int = 100_000,
     reasons: str | ReasonsMode = ReasonsMode.ACTIONS,
+    workers: int = 0,
     progress: Progress | None = None,
 ) -> BatchResult:
     """Score every customer of a feature snapshot with the champion models.
@@ -72,5 +73,6 @@ def score_base(
 
         cutoffs = run_spark(snapshot_path, out_path, models, policy, reasons=reasons, master=master, chunk_rows=chunk_rows)
     else:
-        cutoffs = run_local(snapshot_path, out_path, models, policy, reasons=reasons, chunk_rows=chunk_rows, progress=progress)
+        cutoffs = run_local(snapshot_path, out_path, models, policy, reasons=reasons, chunk_rows=chunk_rows,
+                            workers=workers, progress=progress)
     return BatchResult(Path(out_path), cutoffs, {k.value: v for k, v in models.versions.items()})

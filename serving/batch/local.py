@@ -9,18 +9,29 @@ Work happens in a hidden folder beside the output, ``.<out>.work/``:
 * ``cutoffs.json``, resolved once on all scores.
 
 A rerun skips finished parts. The output appears, by rename, only when every part is done,
-with the cut-offs in its Parquet metadata; then the work folder is removed. Memory is bounded
-by the chunk; LightGBM predicts each chunk on every core.
+with the cut-offs in its Parquet metadata; then the work folder is removed.
+
+Both passes run ``workers`` chunks at a time (threads, one per core by default), each chunk's
+``Booster.predict`` on ``num_threads / workers`` threads. LightGBM's predict and Arrow's
+Parquet I/O release the GIL, so while one chunk predicts another is placed: one chunk at a
+time left a core idle during the Python part of the work, a quarter of the job once the
+boosters were lean (docs/benchmarks.md, "Batch"). Each worker scores with its own copy of
+the models, since LightGBM's predictor set-up writes to the booster (LightGBM issue #6142).
+Memory is bounded by ``2 x workers`` chunks in flight.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +79,77 @@ def iter_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield pa.Table.from_batches([batch]).to_pandas()
 
 
+def resolve_workers(workers: int, n_chunks: int) -> int:
+    """0 = auto: one per core, never more than there are chunks."""
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one per core) or a positive number of threads; got {workers}")
+    wanted = workers or (os.cpu_count() or 1)
+    return max(1, min(wanted, n_chunks))
+
+
+class _WorkerModels:
+    """Each worker thread's own copy of the models (the calling thread uses the original)."""
+
+    def __init__(self, models: ModelSet) -> None:
+        self._models = models
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+
+    def get(self) -> ModelSet:
+        if threading.get_ident() == self._owner:
+            return self._models
+        models = getattr(self._local, "models", None)
+        if models is None:
+            models = self._local.models = pickle.loads(pickle.dumps(self._models))
+        return models
+
+
+def _done() -> None:
+    """The task of a part a previous run finished."""
+
+
+def _run_parts(
+    tasks: Iterable[Callable[[], None]], total: int, workers: int, phase: str, progress: Progress | None
+) -> None:
+    """Run the part tasks, ``workers`` at a time (inline for one), reporting progress.
+
+    At most ``2 x workers`` tasks are queued (each holds a chunk); the first error cancels what
+    has not started and is raised once the running tasks end.
+    """
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(phase, done, total)
+
+    if workers == 1:
+        for task in tasks:
+            task()
+            tick(1)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix=f"crmscore-{phase}") as pool:
+        pending: set[Future] = set()
+
+        def collect(block: bool) -> None:
+            nonlocal pending
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED) if block else (set(), pending)
+            for future in finished:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()  # type: ignore[misc]
+            tick(len(finished))
+
+        for task in tasks:
+            if len(pending) >= 2 * workers:
+                collect(block=True)
+            pending.add(pool.submit(task))
+        while pending:
+            collect(block=True)
+
+
 def _prepare_workdir(work: Path, manifest: dict) -> None:
     path = work / "manifest.json"
     if work.exists():
@@ -96,9 +178,20 @@ def run_local(
     reasons: ReasonsMode = ReasonsMode.ACTIONS,
     chunk_rows: int = 100_000,
     num_threads: int = 0,
+    workers: int = 0,
     progress: Progress | None = None,
 ) -> Cutoffs:
     """Score every customer of the snapshot into ``out_path`` (one Parquet file).
+
+    Parameters
+    ----------
+    chunk_rows : int
+        Customers per chunk (and per part file): bounds memory.
+    num_threads : int
+        Threads for LightGBM in all (0 = one per core), shared by the workers.
+    workers : int
+        Chunks processed at a time (0 = one per core, at most the number of chunks). The
+        output does not depend on it (a test holds that).
 
     Returns the resolved cut-offs. Raises :class:`BatchError` on a disk or permission error,
     leaving no file at ``out_path``.
@@ -108,6 +201,9 @@ def run_local(
         raise ValueError(f"chunk_rows must be a positive number of rows; got {chunk_rows}")
     total_rows = pq.ParquetFile(snapshot_path).metadata.num_rows
     n_chunks = max(1, -(-total_rows // chunk_rows))
+    workers = resolve_workers(workers, n_chunks)
+    threads = max(1, (num_threads or os.cpu_count() or 1) // workers)
+    own = _WorkerModels(models)
     work = out_path.parent / f".{out_path.name}.work"
     manifest = {
         "snapshot": snapshot_identity(snapshot_path),
@@ -125,15 +221,18 @@ def run_local(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         _prepare_workdir(work, manifest)
         # Pass 1: scores.
-        for i, chunk in enumerate(iter_chunks(snapshot_path, chunk_rows)):
-            part = work / f"scores-{i:05d}.parquet"
-            if not part.exists():
-                if as_of is not None and "as_of" not in chunk.columns:
-                    chunk.insert(1, "as_of", pd.Timestamp(as_of.decode()))
-                scored = score_chunk(models, chunk, reasons, carry=carry, num_threads=num_threads)
-                write_arrow_atomic(to_arrow(scored), part)
-            if progress:
-                progress("score", i + 1, n_chunks)
+        def score_part(i: int, chunk: pd.DataFrame, part: Path) -> None:
+            if as_of is not None and "as_of" not in chunk.columns:
+                chunk.insert(1, "as_of", pd.Timestamp(as_of.decode()))
+            scored = score_chunk(own.get(), chunk, reasons, carry=carry, num_threads=threads)
+            write_arrow_atomic(to_arrow(scored), part)
+
+        def score_tasks() -> Iterator[Callable[[], None]]:
+            for i, chunk in enumerate(iter_chunks(snapshot_path, chunk_rows)):
+                part = work / f"scores-{i:05d}.parquet"
+                yield _done if part.exists() else functools.partial(score_part, i, chunk, part)
+
+        _run_parts(score_tasks(), n_chunks, workers, "score", progress)
         # Cut-offs, once, on the whole portfolio.
         cutoffs_file = work / "cutoffs.json"
         if cutoffs_file.exists():
@@ -147,19 +246,20 @@ def run_local(
             tmp.write_text(cutoffs.model_dump_json())
             os.replace(tmp, cutoffs_file)
         # Pass 2: portfolio placement (and reasons for triggered actions).
-        snapshot_chunks = iter_chunks(snapshot_path, chunk_rows) if reasons is ReasonsMode.ACTIONS else None
-        schema = None
-        for i in range(n_chunks):
-            features = next(snapshot_chunks) if snapshot_chunks is not None else None
-            part = work / f"placed-{i:05d}.parquet"
-            if not part.exists():
-                # text as Arrow-backed strings, the dtype normalise writes: not converted again
-                scores = pq.read_table(work / f"scores-{i:05d}.parquet").to_pandas(types_mapper=ARROW_STRINGS.get)
-                placed = place_chunk(models, scores, policy, cutoffs, reasons, features, num_threads=num_threads)
-                table = to_arrow(placed)
-                write_arrow_atomic(table, part)
-            if progress:
-                progress("place", i + 1, n_chunks)
+        def place_part(i: int, features: pd.DataFrame | None, part: Path) -> None:
+            # text as Arrow-backed strings, the dtype normalise writes: not converted again
+            scores = pq.read_table(work / f"scores-{i:05d}.parquet").to_pandas(types_mapper=ARROW_STRINGS.get)
+            placed = place_chunk(own.get(), scores, policy, cutoffs, reasons, features, num_threads=threads)
+            write_arrow_atomic(to_arrow(placed), part)
+
+        def place_tasks() -> Iterator[Callable[[], None]]:
+            snapshot_chunks = iter_chunks(snapshot_path, chunk_rows) if reasons is ReasonsMode.ACTIONS else None
+            for i in range(n_chunks):
+                features = next(snapshot_chunks) if snapshot_chunks is not None else None
+                part = work / f"placed-{i:05d}.parquet"
+                yield _done if part.exists() else functools.partial(place_part, i, features, part)
+
+        _run_parts(place_tasks(), n_chunks, workers, "place", progress)
         # Assemble: one file, renamed into place when complete.
         parts = [work / f"placed-{i:05d}.parquet" for i in range(n_chunks)]
         schema = pq.read_schema(parts[0])

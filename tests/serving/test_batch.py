@@ -58,6 +58,22 @@ def test_chunk_size_does_not_change_results(trained_models, models, reference, t
     assert read_cutoffs(out).n_customers == len(reference)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_workers_do_not_change_results(trained_models, models, reference, tmp_path, workers) -> None:
+    """Chunks scored one at a time or three at a time (threads): the same output, row for row."""
+    out = tmp_path / "scores.parquet"
+    score_base(trained_models.snapshot_path, out, models=models, chunk_rows=400, workers=workers)
+    pd.testing.assert_frame_equal(read(out), reference)
+
+
+def test_workers_must_be_a_count() -> None:
+    from crmscore.serving.batch.local import resolve_workers
+
+    assert resolve_workers(0, 1) == 1 and resolve_workers(5, 3) == 3
+    with pytest.raises(ValueError, match=r"^workers must be 0 \(one per core\) or a positive number of threads; got -1$"):
+        resolve_workers(-1, 4)
+
+
 def test_reasons_only_for_triggered_actions_by_default(reference) -> None:
     triggered = reference["action_codes"].apply(lambda c: any(a in c for a in TRIGGERED_ACTIONS))
     assert triggered.any() and (~triggered).any()
