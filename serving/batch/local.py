@@ -4,18 +4,19 @@ Work happens in a hidden folder beside the output, ``.<out>.work/``:
 
 * ``manifest.json`` says what is being computed (snapshot identity, chunk size, model
   versions, policy, reasons mode); a different job there is discarded, not mixed in;
-* ``scores-NNNNN.parquet`` (pass 1) and ``placed-NNNNN.parquet`` (pass 2), each written to a
-  temporary name and renamed when complete, so a killed run leaves only whole parts;
+* ``scores-NNNNN.parquet`` (pass 1), each written to a temporary name and renamed when
+  complete, so a killed run leaves only whole parts;
 * ``cutoffs.json``, resolved once on all scores.
 
-A rerun skips finished parts. The output appears, by rename, only when every part is done,
-with the cut-offs in its Parquet metadata; then the work folder is removed.
+A rerun skips finished parts. Pass 2 places the scored chunks in order straight into a
+temporary file beside the output, renamed into place only when every chunk is in, with the
+cut-offs in its Parquet metadata; then the work folder is removed.
 
 Both passes run ``workers`` chunks at a time (threads, one per core by default), each chunk's
 ``Booster.predict`` on ``num_threads / workers`` threads. LightGBM's predict and Arrow's
 Parquet I/O release the GIL, so while one chunk predicts another is placed: one chunk at a
-time left a core idle during the Python part of the work, a quarter of the job once the
-boosters were lean (docs/benchmarks.md, "Batch"). Each worker scores with its own copy of
+time left a core idle during the Python part of the work, most of the job once the boosters
+were lean (docs/benchmarks.md, "benchmarks/batch.py"). Each worker scores with its own copy of
 the models, since LightGBM's predictor set-up writes to the booster (LightGBM issue #6142).
 Memory is bounded by ``2 x workers`` chunks in flight.
 """
@@ -30,9 +31,11 @@ import os
 import pickle
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -58,6 +61,7 @@ CUTOFF_COLUMNS = ("customer_id", "clv", "current_value", "margin_365d", "cost_to
                   "default_prob", "outstanding_balance", "churn_prob", "as_of")
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+T = TypeVar("T")
 
 
 class BatchError(RuntimeError):
@@ -104,50 +108,84 @@ class _WorkerModels:
         return models
 
 
-def _done() -> None:
-    """The task of a part a previous run finished."""
-
-
-def _run_parts(
-    tasks: Iterable[Callable[[], None]], total: int, workers: int, phase: str, progress: Progress | None
+def _run_in_order(
+    tasks: Iterable[Callable[[], T]],
+    consume: Callable[[T], None],
+    total: int,
+    workers: int,
+    phase: str,
+    progress: Progress | None,
 ) -> None:
-    """Run the part tasks, ``workers`` at a time (inline for one), reporting progress.
+    """Run the chunk tasks, ``workers`` at a time (inline for one), and hand each result to
+    ``consume`` in the order of the tasks, reporting progress.
 
-    At most ``2 x workers`` tasks are queued (each holds a chunk); the first error cancels what
-    has not started and is raised once the running tasks end.
+    At most ``2 x workers`` tasks are in flight (each holds a chunk), so memory stays bounded;
+    the first error cancels what has not started and is raised once the running tasks end.
     """
     done = 0
 
-    def tick(n: int) -> None:
+    def take(result: T) -> None:
         nonlocal done
-        done += n
+        consume(result)
+        done += 1
         if progress:
             progress(phase, done, total)
 
     if workers == 1:
         for task in tasks:
-            task()
-            tick(1)
+            take(task())
         return
     with ThreadPoolExecutor(workers, thread_name_prefix=f"crmscore-{phase}") as pool:
-        pending: set[Future] = set()
+        pending: deque[Future[T]] = deque()
+        try:
+            for task in tasks:
+                if len(pending) >= 2 * workers:
+                    take(pending.popleft().result())
+                pending.append(pool.submit(task))
+            while pending:
+                take(pending.popleft().result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
-        def collect(block: bool) -> None:
-            nonlocal pending
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED) if block else (set(), pending)
-            for future in finished:
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()  # type: ignore[misc]
-            tick(len(finished))
 
-        for task in tasks:
-            if len(pending) >= 2 * workers:
-                collect(block=True)
-            pending.add(pool.submit(task))
-        while pending:
-            collect(block=True)
+def _nothing() -> None:
+    """The task of a part a previous run finished."""
+
+
+def _ignore(_: object) -> None:
+    """Pass 1's tasks write their part themselves: nothing to consume."""
+
+
+class _OrderedWriter:
+    """The output file, written chunk by chunk: the first chunk's schema (with the cut-offs and
+    policy in its metadata) for all; a chunk whose types differ is cast to it."""
+
+    def __init__(self, path: Path, cutoffs: Cutoffs, policy: Policy) -> None:
+        self.path, self.cutoffs, self.policy = path, cutoffs, policy
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._schema = with_metadata(table.schema.empty_table(), self.cutoffs, self.policy).schema
+            self._writer = pq.ParquetWriter(self.path, self._schema, compression="zstd")
+        assert self._schema is not None
+        if not table.schema.equals(self._schema, check_metadata=False):
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
+
+    def __enter__(self) -> _OrderedWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            if exc_type is not None:  # a failed pass leaves no half-written file behind
+                self.path.unlink(missing_ok=True)
 
 
 def _prepare_workdir(work: Path, manifest: dict) -> None:
@@ -230,9 +268,9 @@ def run_local(
         def score_tasks() -> Iterator[Callable[[], None]]:
             for i, chunk in enumerate(iter_chunks(snapshot_path, chunk_rows)):
                 part = work / f"scores-{i:05d}.parquet"
-                yield _done if part.exists() else functools.partial(score_part, i, chunk, part)
+                yield _nothing if part.exists() else functools.partial(score_part, i, chunk, part)
 
-        _run_parts(score_tasks(), n_chunks, workers, "score", progress)
+        _run_in_order(score_tasks(), _ignore, n_chunks, workers, "score", progress)
         # Cut-offs, once, on the whole portfolio.
         cutoffs_file = work / "cutoffs.json"
         if cutoffs_file.exists():
@@ -245,29 +283,25 @@ def run_local(
             tmp = work / "cutoffs.json.tmp"
             tmp.write_text(cutoffs.model_dump_json())
             os.replace(tmp, cutoffs_file)
-        # Pass 2: portfolio placement (and reasons for triggered actions).
-        def place_part(i: int, features: pd.DataFrame | None, part: Path) -> None:
+        # Pass 2: portfolio placement (and reasons for triggered actions), streamed in chunk
+        # order into the output's temporary file: placed chunks are not kept as parts, so a
+        # run killed in this pass places again from the scores (seconds, against the minutes
+        # of pass 1), and the output is written once instead of written, read and rewritten.
+        def place_part(i: int, features: pd.DataFrame | None) -> pa.Table:
             # text as Arrow-backed strings, the dtype normalise writes: not converted again
             scores = pq.read_table(work / f"scores-{i:05d}.parquet").to_pandas(types_mapper=ARROW_STRINGS.get)
             placed = place_chunk(own.get(), scores, policy, cutoffs, reasons, features, num_threads=threads)
-            write_arrow_atomic(to_arrow(placed), part)
+            return to_arrow(placed)
 
-        def place_tasks() -> Iterator[Callable[[], None]]:
+        def place_tasks() -> Iterator[Callable[[], pa.Table]]:
             snapshot_chunks = iter_chunks(snapshot_path, chunk_rows) if reasons is ReasonsMode.ACTIONS else None
             for i in range(n_chunks):
                 features = next(snapshot_chunks) if snapshot_chunks is not None else None
-                part = work / f"placed-{i:05d}.parquet"
-                yield _done if part.exists() else functools.partial(place_part, i, features, part)
+                yield functools.partial(place_part, i, features)
 
-        _run_parts(place_tasks(), n_chunks, workers, "place", progress)
-        # Assemble: one file, renamed into place when complete.
-        parts = [work / f"placed-{i:05d}.parquet" for i in range(n_chunks)]
-        schema = pq.read_schema(parts[0])
-        schema = with_metadata(schema.empty_table(), cutoffs, policy).schema
         tmp_out = out_path.parent / f".{out_path.name}.tmp"
-        with pq.ParquetWriter(tmp_out, schema, compression="zstd") as writer:
-            for part in parts:
-                writer.write_table(pq.read_table(part).cast(schema))
+        with _OrderedWriter(tmp_out, cutoffs, policy) as writer:
+            _run_in_order(place_tasks(), writer.write, n_chunks, workers, "place", progress)
         os.replace(tmp_out, out_path)
         shutil.rmtree(work, ignore_errors=True)
     except OSError as exc:
