@@ -2,7 +2,7 @@
 
 Goal (../shared/BENCHMARKS.md "Speed", issue 4): ``crmscore train --kind all`` on 1M customers
 in <= 10 minutes on 2 cores, with the default ``TrainConfig`` (12 monthly training snapshots
-plus the out-of-time test snapshot, ``max_train_rows`` 2M, LightGBM defaults).
+plus the out-of-time test snapshot, ``max_train_rows`` 1.5M, LightGBM defaults).
 
 The run calls ``crmscore.training.jobs.train_job`` then ``promote_job`` exactly as the CLI does,
 in a fresh Python with a private MLflow home (SQLite + local artefacts). Timers wrap the library
@@ -26,7 +26,7 @@ functions the job looks up at call time, so the stages below are the job's own:
 
 When the default run cannot finish (the memory guard below, or an error), the job runs again
 with ``--fallback-snapshots`` (6) training snapshots: the fits are still capped at
-``max_train_rows`` (2M) rows, so their times stand for the default's, and the report keeps
+``max_train_rows`` rows, so their times stand for the default's, and the report keeps
 both runs.
 
 Each stage records wall seconds, CPU seconds of the process (user + system: below the wall

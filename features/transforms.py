@@ -139,6 +139,11 @@ def _mix_specs(categories: Sequence[str]) -> list[FeatureSpec]:
                         "days", "before T", "float64"),
             FeatureSpec(f"line_count_365d_{slug}", "product_mix",
                         f"Order lines in category '{cat}'", "count", "[T-365d, T)", "int64"),
+            # The whole history too: a customer's rate for a category (Fader-Hardie's
+            # per-customer purchase rate, here per category) is read from every purchase of it,
+            # and a year's window says little of a category bought every eighteen months.
+            FeatureSpec(f"line_count_lifetime_{slug}", "product_mix",
+                        f"Order lines in category '{cat}'", "count", "before T", "int64"),
         ]
     specs += [
         FeatureSpec("category_breadth_365d_count", "product_mix",
@@ -744,9 +749,10 @@ def _product_mix(c: _Chunk) -> None:
         seen = last[:, j] != np.iinfo(np.int64).min
         c.out[f"days_since_last_purchase_{slug}"] = np.where(seen, _days(c.t - last[:, j]), np.nan)
         c.out[f"line_count_365d_{slug}"] = lines_year[:, j].astype(np.int64)
-    known = tx.category >= 0
-    key_all = tx.pos[known] * k + tx.category[known]
+    key_all = tx.pos[known_lines] * k + tx.category[known_lines]
     lines_all = np.bincount(key_all, minlength=n * k).reshape(n, k)
+    for j, slug in enumerate(category_slugs(c.categories)):
+        c.out[f"line_count_lifetime_{slug}"] = lines_all[:, j].astype(np.int64)
     c.out["category_breadth_lifetime_count"] = (lines_all > 0).sum(axis=1).astype(np.int64)
 
 

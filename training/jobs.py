@@ -190,6 +190,7 @@ TARGET_FEATURE_PATTERNS = {
     "target_revenue_share_365d": "revenue_share_365d_{slug}",
     "target_days_since_last_purchase": "days_since_last_purchase_{slug}",
     "target_line_count_365d": "line_count_365d_{slug}",
+    "target_line_count_lifetime": "line_count_lifetime_{slug}",
 }
 
 
@@ -305,6 +306,7 @@ def prepare_training_data(
         "target_revenue_share_365d": "Share of 365-day revenue in the scored category",
         "target_days_since_last_purchase": "Days since the last purchase in the scored category",
         "target_line_count_365d": "Purchases in the scored category over 365 days",
+        "target_line_count_lifetime": "Purchases in the scored category before T",
     })
     labels = [c for c in frame.columns if c.startswith("label_")]
     features = infer_feature_set(frame, [*ID_COLUMNS, *labels], descriptions)

@@ -362,6 +362,7 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
             mine = [x["ts"] for x in past if x["product_category"] == cat]
             r[f"days_since_last_purchase_{slug}"] = _days(t - max(mine)) if mine else math.nan
             r[f"line_count_365d_{slug}"] = sum(1 for x in year if x["product_category"] == cat)
+            r[f"line_count_lifetime_{slug}"] = len(mine)
         r["category_breadth_365d_count"] = len({x["product_category"] for x in year} & set(categories))
         r["category_breadth_lifetime_count"] = len({x["product_category"] for x in past} & set(categories))
         r["margin_rate_365d_share"] = _ratio(r["margin_365d"], r["revenue_365d"])
