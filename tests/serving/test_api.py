@@ -521,6 +521,35 @@ async def test_reload_swaps_and_a_failed_reload_keeps_the_old_bundle(api: Any, e
         assert models["last_reload_error"] == "feature snapshot not found"
 
 
+async def test_reload_reads_the_batch_scoring_put_in_place_since(api: Any, env: Env) -> None:
+    """The nightly flow: batch scoring writes the file at ``scores_path`` (renamed into place),
+    then an admin reloads: the new bundle serves that file's reasons, cut-offs and summary."""
+    settings = copy_settings(env, "nightly").model_copy(
+        update={"scores_path": env.folder / "nightly" / "scores.parquet"})
+    cached = sorted(env.cached_ids)[0]
+    reader, admin = {"X-API-Key": env.reader}, {"X-API-Key": env.admin}
+    async with api.running(settings) as (_, client):
+        before = (await client.get("/v1/models", headers=reader)).json()["scores_file"]
+        assert before["status"] == "missing"
+        assert (await client.get(path_of(cached), headers=reader)).json()["reasons_source"] == "computed"
+        assert (await client.get("/v1/portfolio/summary", headers=reader)).status_code == 404
+
+        tmp = settings.scores_path.with_name(".scores.parquet.tmp")
+        shutil.copyfile(env.settings.scores_path, tmp)
+        tmp.replace(settings.scores_path)  # os.replace: as `crmscore score` puts its output in place
+        r = await client.post("/v1/admin/reload", headers=admin)
+        assert r.status_code == 200, r.text
+
+        after = (await client.get("/v1/models", headers=reader)).json()
+        assert after["scores_file"]["status"] == "loaded"
+        assert after["scores_file"]["customers_with_reasons"] == len(CACHED_ROWS)
+        assert after["cutoffs"]["source"] == "scores_file"
+        body = (await client.get(path_of(cached), headers=reader)).json()
+        assert body["reasons_source"] == "batch"
+        summary = (await client.get("/v1/portfolio/summary", headers=reader)).json()
+        assert summary["batch"]["matches_loaded_bundle"] is True
+
+
 async def test_reload_conflict_is_409(api: Any, env: Env) -> None:
     release = threading.Event()
     calls: list[int] = []
