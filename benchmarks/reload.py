@@ -57,7 +57,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_json  # noqa: E402
-from serve import HOST, Prepared, crmscore_requests, free_port, prepare, start_crmscore, stop  # noqa: E402
+from serve import (  # noqa: E402
+    HOST,
+    Prepared,
+    cpu_by_process,
+    crmscore_requests,
+    free_port,
+    prepare,
+    start_crmscore,
+    stop,
+)
 
 GOAL_P99_RATIO = 1.5
 GOAL_RSS_GROWTH = 0.10
@@ -69,19 +78,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_by_process(session: int) -> dict[int, float]:
-    """User + system CPU seconds of each process of a session (the server and its loader; Linux)."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:  # field 6 of stat: the session id
-            out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
 
 
 def measured(server_pid: int, run: Callable[[], dict], seconds: float) -> dict:
