@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_CUSTOMERS ?= 20000
 
-.PHONY: install demo test lint bench clean help
+.PHONY: install demo test lint audit bench clean help
 
 help:
 	@echo "make demo     generate a synthetic base and run the whole job end to end"
 	@echo "make test     run the whole test suite (what CI runs)"
 	@echo "make install  build .venv with every extra"
 	@echo "make lint     ruff + mypy"
+	@echo "make audit    pip-audit of the locked dependencies (needs a vulnerability service)"
 	@echo "make bench    run the benchmarks in benchmarks/"
 
 $(BIN)/python:
@@ -49,6 +50,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy serving
+
+# --strict: a package the service cannot look up fails the audit instead of passing unaudited
+audit: $(STAMP)
+	$(BIN)/pip-audit -r constraints.txt --no-deps --disable-pip --strict
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py

@@ -2,54 +2,75 @@
 ``POST /v1/admin/reload`` is called several times, then far past capacity (issue 8, property 2).
 
 Goals: zero failed or 5xx requests during reloads, every response from one complete bundle
-(its model versions are those of a loaded bundle, all present), p99 during reloads <= 1.5 x p99
+(its model versions are all of one champion set), p99 during reloads <= 1.5 x p99
 without, server RSS growth over the run <= 10%; and at well past capacity the server refuses
 quickly (503 from the in-flight limit, or 429/503) instead of queueing without bound.
 
 The run prepares (or reuses, ``--workdir``) the registry and data of ``benchmarks/serve.py``,
-starts the server in its own process on 127.0.0.1 (1 uvicorn worker, default settings), and
-drives it over loopback with the raw-socket keep-alive client of ``serve.py`` (httpx itself
-saturates a core long before the server does): ``--connections`` closed loops, each request
+then, before anything is timed, the two champion sets the reloads alternate between and the
+batch scoring of the base with each (reasons for every customer, as ``crmscore score --reasons
+all`` after a promotion): the first set is the champions of the preparation, the second a new
+registered version of every model. It starts the server in its own process on 127.0.0.1 (1
+uvicorn worker, default settings, ``scores_path`` a file of the work folder) and drives it over
+loopback with the raw-socket keep-alive client of ``serve.py`` (httpx itself saturates a core
+long before the server does): ``--connections`` closed loops, each request
 ``GET /v1/customers/{id}/scores`` cycling over shuffled customers; every 200 body is parsed and
-its model versions checked against the bundles loaded so far. Phases:
+its model versions checked against the two champion sets. Phases:
 
 1. baseline, no reloads (``--duration`` seconds);
-2. the same load while, every ``--reload-every`` seconds, a new champion version of every model
-   is promoted in the registry (alias ``champion`` moved) and an admin reloads (``--duration`` s);
+2. the same load while, every ``--reload-every`` seconds, the nightly flow runs: the other
+   champion set is promoted in the registry (alias ``champion`` moved), its batch scoring is
+   put in place at the server's ``scores_path`` (copied beside it, then ``os.replace``: the
+   atomic rename ``crmscore score`` itself ends with), and an admin calls
+   ``POST /v1/admin/reload``, which reads the champions, the snapshot and that file again
+   (``--duration`` s);
 3. overload: ``--overload`` concurrent clients for ``--overload-seconds``, after one more
-   reload that puts the server back on the first versions.
+   reload that puts the server back on the first set.
 
-The second champions are new versions of the same models, and the batch scoring's cached reason
-codes are of the first versions: a response of the second versions computes its reasons on
-demand (TreeSHAP, tens of times the cost of a cached one). Phase 2 therefore reports its latency
-per bundle served too; the p99 of the first versions' responses against the baseline (also the
-first versions) isolates what the reloads themselves cost. The goal stays on all responses.
+Every response says where its reason codes came from (``reasons_source``): phase 2 reports,
+per bundle served, its latency and how many responses computed reasons on demand (TreeSHAP,
+tens of times the cost of a cached one); with the scores file matching each set, none should.
 
 Results: a table on stdout and ``benchmarks/results/reload.json``.
 
 Run: .venv/bin/python benchmarks/reload.py [--customers 2000] [--duration 60] [--workdir DIR]
+     [--load-niceness N]  (the server's ``CRMSCORE_LOAD_NICENESS``; default: the server's default)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import re
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_json  # noqa: E402
-from serve import HOST, crmscore_requests, free_port, prepare, start_crmscore, stop  # noqa: E402
+from serve import (  # noqa: E402
+    HOST,
+    Prepared,
+    cpu_by_process,
+    crmscore_requests,
+    free_port,
+    prepare,
+    start_crmscore,
+    stop,
+)
 
 GOAL_P99_RATIO = 1.5
 GOAL_RSS_GROWTH = 0.10
+SECOND_CHAMPION_TAG = "crmscore.benchmark"
 
 
 def rss_mb(pid: int) -> float:
@@ -57,6 +78,25 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def measured(server_pid: int, run: Callable[[], dict], seconds: float) -> dict:
+    """Run a phase; add the CPU cores used by the server, its loader process and this process
+    (the load generator, and the promotions and file copies of the nightly flow)."""
+    before, own = cpu_by_process(server_pid), time.process_time()
+    result = run()
+    after, own = cpu_by_process(server_pid), time.process_time() - own
+    used = {pid: t - before.get(pid, 0.0) for pid, t in after.items()}
+    result["cpu_cores"] = {
+        "server": round(used.pop(server_pid, 0.0) / seconds, 2),
+        "loader_process": round(sum(used.values()) / seconds, 2),
+        "load_generator": round(own / seconds, 2),
+    }
+    return result
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,8 +119,14 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def _client_loop(port: int, requests: list[bytes], start: int, deadline: float,
-                       record: dict, expected: list[dict]) -> None:
-    """A closed loop on one keep-alive connection; every 200 body's versions are checked."""
+                       record: dict, expected: list[dict], complete: list[dict]) -> None:
+    """A closed loop on one keep-alive connection; every 200 body's versions are checked.
+
+    ``complete``: the versions of each champion set (known before the load), one of which every
+    response must carry whole; ``expected``: those of the bundles whose reload has answered so
+    far (a response of a new bundle can arrive just before its reload's own answer: counted,
+    not an error).
+    """
     try:
         reader, writer = await asyncio.open_connection(HOST, port)
     except OSError as exc:
@@ -91,7 +137,7 @@ async def _client_loop(port: int, requests: list[bytes], start: int, deadline: f
         while time.monotonic() < deadline:
             request = requests[i % len(requests)]
             i += 1
-            t = time.perf_counter()
+            sent, t = time.monotonic(), time.perf_counter()
             try:
                 status, body = await _exchange(reader, writer, request)
             except (OSError, asyncio.IncompleteReadError) as exc:
@@ -101,10 +147,19 @@ async def _client_loop(port: int, requests: list[bytes], start: int, deadline: f
             record["codes"][status] = record["codes"].get(status, 0) + 1
             if status == 200:
                 record["latencies"].append(ms)
-                versions = json.loads(body)["model_versions"]
-                record["by_versions"].setdefault(json.dumps(versions, sort_keys=True), []).append(ms)
-                if versions not in expected or any(v is None for v in versions.values()):
+                record["sent"].append(sent)
+                payload = json.loads(body)
+                versions = payload["model_versions"]
+                key = json.dumps(versions, sort_keys=True)
+                record["by_versions"].setdefault(key, []).append(ms)
+                if payload["reasons_source"] != "batch":  # reasons computed on demand (TreeSHAP)
+                    record["on_demand"][key] = record["on_demand"].get(key, 0) + 1
+                if versions not in complete:
                     record["inconsistent"] += 1
+                    if len(record["inconsistent_examples"]) < 5:
+                        record["inconsistent_examples"].append(versions)
+                elif versions not in expected:
+                    record["before_reload_answer"] += 1
             else:
                 record["refused_ms"].append(ms)
                 if b"connection: close" in body.lower():
@@ -114,34 +169,52 @@ async def _client_loop(port: int, requests: list[bytes], start: int, deadline: f
 
 
 async def _phase(port: int, requests: list[bytes], connections: int, seconds: float, expected: list[dict],
-                 admin_key: str | None = None, reload_every: float = 0.0,
-                 promote: Callable[[int], dict[str, str]] | None = None) -> dict:
-    record: dict = {"codes": {}, "latencies": [], "refused_ms": [], "errors": [], "inconsistent": 0,
-                    "reloads": [], "promotions": [], "by_versions": {}}
+                 complete: list[dict], admin_key: str | None = None, reload_every: float = 0.0,
+                 before_reload: Callable[[int], dict[str, str]] | None = None) -> dict:
+    record: dict = {"codes": {}, "latencies": [], "sent": [], "refused_ms": [], "errors": [], "inconsistent": 0,
+                    "inconsistent_examples": [], "before_reload_answer": 0,
+                    "reloads": [], "reload_windows": [], "promotions": [], "by_versions": {}, "on_demand": {},
+                    "load_average_start": load_average()}
     deadline = time.monotonic() + seconds
 
     async def reloads() -> None:
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=120) as admin:
             while time.monotonic() + reload_every < deadline:
                 await asyncio.sleep(reload_every)
-                if promote is not None:  # a data scientist promotes a new champion, then reloads
-                    record["promotions"].append(await asyncio.to_thread(promote, len(record["reloads"])))
-                t = time.perf_counter()
+                if before_reload is not None:  # promote, put its batch scoring in place
+                    record["promotions"].append(await asyncio.to_thread(before_reload, len(record["reloads"])))
+                t = time.monotonic()
                 r = await admin.post("/v1/admin/reload", headers={"X-API-Key": admin_key})
-                record["reloads"].append({"status": r.status_code, "seconds": round(time.perf_counter() - t, 2)})
+                record["reload_windows"].append((t, time.monotonic()))
+                record["reloads"].append({"status": r.status_code, "seconds": round(time.monotonic() - t, 2)})
                 if r.status_code == 200:
                     expected.append(r.json()["model_versions"])
 
     step = max(1, len(requests) // connections)
-    tasks = [_client_loop(port, requests, k * step, deadline, record, expected) for k in range(connections)]
+    tasks = [_client_loop(port, requests, k * step, deadline, record, expected, complete) for k in range(connections)]
     if admin_key:
         tasks.append(reloads())
     await asyncio.gather(*tasks)
+    record["load_average_end"] = load_average()
     return record
+
+
+def _split_by_reloads(record: dict) -> tuple[list[float], list[float]]:
+    """Served latencies of requests that overlapped a reload (from its POST to its answer:
+    the build in the loader process, then the unpickling, warm-up and swap in the server),
+    and of the others."""
+    windows = sorted(record["reload_windows"])
+    inside, outside = [], []
+    for sent, ms in zip(record["sent"], record["latencies"], strict=True):
+        done = sent + ms / 1000
+        overlaps = any(start < done and sent < end for start, end in windows)
+        (inside if overlaps else outside).append(ms)
+    return inside, outside
 
 
 def summarise(record: dict, seconds: float) -> dict:
     total = sum(record["codes"].values())
+    inside, outside = _split_by_reloads(record)
     five = sum(n for code, n in record["codes"].items() if code >= 500)
     return {
         "requests": total,
@@ -150,55 +223,128 @@ def summarise(record: dict, seconds: float) -> dict:
         "failed": len(record["errors"]),
         "status_5xx": five,
         "inconsistent_versions": record["inconsistent"],
+        "inconsistent_examples": record["inconsistent_examples"],
+        "served_before_their_reload_answered": record["before_reload_answer"],
         "p50_ms": round(percentile(record["latencies"], 0.50), 2),
         "p99_ms": round(percentile(record["latencies"], 0.99), 2),
         "max_ms": round(max(record["latencies"], default=float("nan")), 2),
         "refused_share": round((total - len(record["latencies"])) / total, 4) if total else None,
         "refused_p99_ms": round(percentile(record["refused_ms"], 0.99), 2) if record["refused_ms"] else None,
-        # served latency per bundle (model versions): the second champions have no cached reason
-        # codes (the batch scoring is of the first), so each of their responses computes TreeSHAP
+        # served latency per bundle (model versions), and how many of its responses computed
+        # their reasons on demand (none while the scores file matches the champions)
         "by_versions": {k: {"requests": len(v), "p50_ms": round(percentile(v, 0.50), 2),
-                            "p99_ms": round(percentile(v, 0.99), 2)} for k, v in sorted(record["by_versions"].items())},
+                            "p99_ms": round(percentile(v, 0.99), 2),
+                            "reasons_on_demand": record["on_demand"].get(k, 0)}
+                        for k, v in sorted(record["by_versions"].items())},
+        "reasons_on_demand": sum(record["on_demand"].values()),
+        # what the p99 is made of: requests that overlapped a reload, and the rest
+        "overlapping_a_reload": {"requests": len(inside), "p50_ms": round(percentile(inside, 0.50), 2),
+                                 "p99_ms": round(percentile(inside, 0.99), 2)},
+        "between_reloads": {"requests": len(outside), "p50_ms": round(percentile(outside, 0.50), 2),
+                            "p99_ms": round(percentile(outside, 0.99), 2)},
         "reloads": record["reloads"],
         "promotions": record["promotions"],
+        "load_average_start": record["load_average_start"],
+        "load_average_end": record["load_average_end"],
     }
 
 
-def registry_promoter(home: Path) -> Callable[[int], dict[str, str]]:
-    """Promotion as ``crmscore promote`` does it: move alias ``champion`` to a new version.
+# --- the nightly flow: champion sets and their batch scoring -------------------------------------
 
-    Before the load, each model gets a second registered version (a new version of the same
-    run's model: registering a retrained one would only add training time to the run); each
-    call moves ``champion`` of every model to its other version, so every reload swaps in
-    different model versions than the bundle serving, and a response mixing two bundles'
-    versions would be caught.
+
+@dataclass(frozen=True)
+class ChampionSet:
+    """Champions to promote together, and the batch scoring of the base made with them."""
+
+    versions: dict[str, str]  # registered model name -> version
+    scores_path: Path
+
+
+def _file_versions(scores_path: Path) -> dict[str, str]:
+    """Registered name -> model version recorded in a batch scoring file (one per model)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from crmscore.bundle import ModelKind
+
+    table = pq.read_table(scores_path, columns=[f"model_version_{k.value}" for k in ModelKind])
+    out = {}
+    for kind in ModelKind:
+        values = [v for v in pc.unique(table[f"model_version_{kind.value}"]).to_pylist() if v]
+        if len(values) != 1:
+            raise RuntimeError(f"{scores_path}: model_version_{kind.value} must hold one version; got {values}")
+        out[kind.registered_name] = str(values[0])
+    return out
+
+
+def prepare_champion_sets(prep: Prepared, workdir: Path) -> tuple[list[ChampionSet], Callable[[ChampionSet], None]]:
+    """The two champion sets of the reloads, each with its batch scoring, and how to promote one.
+
+    The first set is what the preparation promoted and batch-scored (its versions are read from
+    that scores file, so an interrupted earlier run cannot mislabel them). The second is a new
+    registered version of each model (of the same run's model: registering a retrained one
+    would only add training time to the run), promoted and batch-scored here with reasons for
+    every customer, as ``crmscore promote`` and ``crmscore score --reasons all`` would; both
+    are recorded in ``workdir`` and reused by the next run. Promotion moves alias
+    ``champion``, as ``crmscore promote`` does; the champions are left on the first set.
     """
     import mlflow
     from mlflow import MlflowClient
 
     from crmscore.bundle import ModelKind
+    from crmscore.serving.batch.job import score_base
 
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = f"sqlite:///{prep.home / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # score_base's models come from this registry
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
     mlflow.set_tracking_uri(uri)  # the new version's source is a logged model, looked up in this store
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    versions: dict[str, tuple[str, str]] = {}
-    for kind in ModelKind:
-        name = kind.registered_name
-        first = client.get_model_version_by_alias(name, "champion")
-        second = client.create_model_version(name, first.source, run_id=first.run_id,
-                                             tags={"crmscore.benchmark": "reload: a second champion"},
-                                             model_id=getattr(first, "model_id", None))
-        versions[name] = (str(first.version), str(second.version))
 
-    def promote(k: int) -> dict[str, str]:
-        chosen = {}
-        for name, pair in versions.items():
-            chosen[name] = pair[(k + 1) % 2]
-            client.set_registered_model_alias(name, "champion", chosen[name])
-        return chosen
+    def promote(champions: ChampionSet) -> None:
+        for name, version in champions.versions.items():
+            client.set_registered_model_alias(name, "champion", version)
 
-    return promote
+    first = ChampionSet(_file_versions(prep.scores_path), prep.scores_path)
+    record = workdir / "champion-sets.json"
+    second: ChampionSet | None = None
+    if record.exists():
+        saved = json.loads(record.read_text())
+        candidate = ChampionSet(saved["versions"], Path(saved["scores_path"]))
+        if saved.get("first") == first.versions and candidate.scores_path.exists():
+            second = candidate
+    if second is None:
+        versions = {}
+        for kind in ModelKind:
+            name = kind.registered_name
+            model = client.get_model_version(name, first.versions[name])
+            new = client.create_model_version(name, model.source, run_id=model.run_id,
+                                              tags={SECOND_CHAMPION_TAG: "reload: a second champion"},
+                                              model_id=getattr(model, "model_id", None))
+            versions[name] = str(new.version)
+        second = ChampionSet(versions, workdir / "scores-second-champions.parquet")
+        promote(second)
+        try:
+            t = time.perf_counter()
+            print("batch scoring the base with the second champions (reasons for every customer) ...", flush=True)
+            score_base(prep.snapshot_path, second.scores_path, reasons="all")
+            print(f"  {time.perf_counter() - t:.0f} s", flush=True)
+        finally:
+            promote(first)
+        if _file_versions(second.scores_path) != second.versions:
+            raise RuntimeError(f"{second.scores_path} was not scored with the second champions {second.versions}")
+        record.write_text(json.dumps({"first": first.versions, "versions": second.versions,
+                                      "scores_path": str(second.scores_path)}))
+    promote(first)  # whatever an interrupted run left behind
+    return [first, second], promote
+
+
+def install_scores(source: Path, scores_path: Path) -> None:
+    """Put a batch scoring at the server's ``scores_path`` atomically: a copy beside it, renamed
+    over it (the server never sees half a file)."""
+    tmp = scores_path.with_name(f".{scores_path.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, scores_path)
 
 
 def main() -> None:
@@ -210,37 +356,61 @@ def main() -> None:
     parser.add_argument("--overload", type=int, default=256, help="concurrent clients when overloaded (default 256)")
     parser.add_argument("--overload-seconds", type=float, default=8.0, help="seconds of overload (default 8)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the prepared data here and reuse it")
+    parser.add_argument("--load-niceness", type=int, default=None,
+                        help="CRMSCORE_LOAD_NICENESS of the server (default: the server's default)")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crmscore-reload-"))
     prep = prepare(workdir, args.customers)
+    champion_sets, promote = prepare_champion_sets(prep, workdir)
     from crmscore.serving.security import create_key
+    from crmscore.serving.settings import ServingSettings
 
+    # the server's scores file: the batch scoring of whichever champions were promoted last
+    served = dataclasses.replace(prep, scores_path=workdir / "served-scores.parquet")
+    install_scores(champion_sets[0].scores_path, served.scores_path)
+
+    from crmscore.bundle import ModelKind
+
+    # what a response may carry: one champion set, whole (model kind -> version)
+    complete = [{k.value: c.versions[k.registered_name] for k in ModelKind} for c in champion_sets]
+
+    def nightly(k: int) -> dict[str, str]:
+        """Before reload k: promote the other champion set, then put its batch scoring in place."""
+        champions = champion_sets[(k + 1) % 2]
+        promote(champions)
+        install_scores(champions.scores_path, served.scores_path)
+        return champions.versions
+
+    if args.load_niceness is not None:
+        os.environ["CRMSCORE_LOAD_NICENESS"] = str(args.load_niceness)
+    niceness = ServingSettings(home=prep.home).load_niceness  # what the server will run with
     admin_key = create_key("admin", prep.keys_file)
     port = free_port()
     requests = crmscore_requests(prep, port)
-    proc = start_crmscore(prep, port, workdir / "reload-server.log")
+    proc = start_crmscore(served, port, workdir / "reload-server.log")
     try:
         time.sleep(2.5)  # the server re-reads the keys file within 2 s: the new admin key
         with httpx.Client(base_url=f"http://{HOST}:{port}") as c:
             expected = [c.get("/health/ready").json()["model_versions"]]
-        asyncio.run(_phase(port, requests, args.connections, 3.0, expected))  # warm-up
+        asyncio.run(_phase(port, requests, args.connections, 3.0, expected, complete))  # warm-up
         rss_start = rss_mb(proc.pid)
-        base = summarise(asyncio.run(_phase(port, requests, args.connections, args.duration,
-                                            expected)), args.duration)
-        promote = registry_promoter(prep.home)
-        during = summarise(asyncio.run(_phase(port, requests, args.connections, args.duration, expected,
-                                              admin_key, args.reload_every, promote)), args.duration)
-        promote(1)  # champion back on the first versions, as prepared
+        base = measured(proc.pid, lambda: summarise(asyncio.run(_phase(
+            port, requests, args.connections, args.duration, expected, complete)), args.duration), args.duration)
+        during = measured(proc.pid, lambda: summarise(asyncio.run(_phase(
+            port, requests, args.connections, args.duration, expected, complete, admin_key, args.reload_every,
+            nightly)),
+            args.duration), args.duration)
+        nightly(1)  # champions (and scores) back on the first set, as prepared
         rss_end = rss_mb(proc.pid)
-        # ... and the server too, so the overload phase always runs on the first versions (cached
-        # reasons), whichever versions the last reload of the phase happened to load
+        # ... and the server too, so the overload phase always runs on the first set, whichever
+        # set the last reload of the phase happened to load
         with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=120) as c:
             back = c.post("/v1/admin/reload", headers={"X-API-Key": admin_key})
             if back.status_code == 200:
                 expected.append(back.json()["model_versions"])
         over = summarise(asyncio.run(_phase(port, requests, args.overload, args.overload_seconds,
-                                            expected)), args.overload_seconds)
+                                            expected, complete)), args.overload_seconds)
         rss_after_overload = rss_mb(proc.pid)
         with httpx.Client(base_url=f"http://{HOST}:{port}") as c:
             alive_after = c.get("/health/ready").status_code
@@ -250,14 +420,15 @@ def main() -> None:
     ratio = during["p99_ms"] / base["p99_ms"]
     first = json.dumps(expected[0], sort_keys=True)
     first_during = during["by_versions"].get(first, {}).get("p99_ms", float("nan"))
-    # like for like (a diagnostic, not the goal): responses of the first versions, the baseline's
+    # like for like (a diagnostic, not the goal): responses of the first set, the baseline's
     ratio_first = first_during / base["p99_ms"]
     growth = rss_end / rss_start - 1
     reloads_ok = sum(1 for r in during["reloads"] if r["status"] == 200)
     goals = {
         "zero_failed_or_5xx_during_reloads": during["failed"] == 0 and during["status_5xx"] == 0
         and set(during["status_counts"]) == {"200"},
-        "versions_consistent": during["inconsistent_versions"] == 0 and base["inconsistent_versions"] == 0,
+        "versions_consistent": during["inconsistent_versions"] == 0 and base["inconsistent_versions"] == 0
+        and over["inconsistent_versions"] == 0,
         "p99_ratio_le_1_5": ratio <= GOAL_P99_RATIO,
         "rss_growth_le_10pct": growth <= GOAL_RSS_GROWTH,
         # bounded queueing: either refusals happen, or the queue never builds (served p99 < 1 s)
@@ -267,21 +438,33 @@ def main() -> None:
     }
     rows = [
         ("customers / connections", f"{prep.customers:,} / {args.connections}"),
+        ("loader process niceness", str(niceness)),
+        ("load average: baseline start -> reloads end", f"{base['load_average_start']} -> {during['load_average_end']}"),
         ("baseline req/s, p50 / p99 ms", f"{base['requests_per_s']}  {base['p50_ms']} / {base['p99_ms']}"),
         ("during reloads req/s, p50 / p99 ms", f"{during['requests_per_s']}  {during['p50_ms']} / {during['p99_ms']}"),
         ("reloads (200 / called), seconds each", f"{reloads_ok} / {len(during['reloads'])}, "
          f"{[r['seconds'] for r in during['reloads']]}"),
-        ("champions promoted before each reload", f"{len(during['promotions'])}, versions served: "
+        ("champion sets promoted before each reload", f"{len(during['promotions'])}, versions served: "
          f"{sorted({json.dumps(v, sort_keys=True) for v in expected})}"),
         ("p99 during / without (goal <= 1.5)", f"{ratio:.2f}"),
         ("  during reloads by versions served", "; ".join(
-            f"{'first' if k == first else 'second'}: {v['requests']} req, p50 / p99 {v['p50_ms']} / {v['p99_ms']} ms"
+            f"{'first' if k == first else 'second'}: {v['requests']} req, p50 / p99 {v['p50_ms']} / {v['p99_ms']} ms, "
+            f"{v['reasons_on_demand']} reasons on demand"
             for k, v in during["by_versions"].items())),
-        ("  p99 of the first versions during / without", f"{ratio_first:.2f} (like for like; second versions: "
-         "reasons computed on demand)"),
+        ("  p99 of the first set during / without", f"{ratio_first:.2f} (like for like)"),
+        ("  requests overlapping a reload: n, p50 / p99 ms", f"{during['overlapping_a_reload']['requests']}, "
+         f"{during['overlapping_a_reload']['p50_ms']} / {during['overlapping_a_reload']['p99_ms']}"),
+        ("  requests between reloads: n, p50 / p99 ms", f"{during['between_reloads']['requests']}, "
+         f"{during['between_reloads']['p50_ms']} / {during['between_reloads']['p99_ms']}"),
+        ("CPU cores: server / loader / load generator", " -> ".join(
+            f"{r['cpu_cores']['server']} / {r['cpu_cores']['loader_process']} / {r['cpu_cores']['load_generator']}"
+            for r in (base, during)) + " (baseline -> reloads)"),
+        ("responses with reasons on demand (base, during)", f"{base['reasons_on_demand']}, {during['reasons_on_demand']}"),
         ("failed, 5xx, non-200 during reloads", f"{during['failed']}, {during['status_5xx']}, "
          f"{sum(v for k, v in during['status_counts'].items() if k != '200')}"),
-        ("responses with inconsistent versions", f"{during['inconsistent_versions'] + base['inconsistent_versions']}"),
+        ("responses not of one whole champion set", f"{during['inconsistent_versions'] + base['inconsistent_versions']}"
+         f" {during['inconsistent_examples'][:2]}; served before their reload answered: "
+         f"{during['served_before_their_reload_answered']}"),
         ("server RSS start -> end MB (growth)", f"{rss_start:.0f} -> {rss_end:.0f} ({growth:+.1%})"),
         (f"overload {args.overload} clients: statuses", json.dumps(over["status_counts"])),
         ("overload: refused share, refusal p99 ms", f"{over['refused_share']}, {over['refused_p99_ms']}"),
@@ -292,7 +475,8 @@ def main() -> None:
     print_table("crmscore serve: load with reloads, and overload (loopback, 1 worker)", rows)
     path = write_json("reload", {
         "customers": prep.customers, "connections": args.connections, "duration_s": args.duration,
-        "reload_every_s": args.reload_every, "overload_clients": args.overload,
+        "reload_every_s": args.reload_every, "overload_clients": args.overload, "load_niceness": niceness,
+        "champion_sets": [{"versions": c.versions, "scores_path": str(c.scores_path)} for c in champion_sets],
         "baseline": base, "during_reloads": during, "overload": over,
         "p99_ratio": round(ratio, 3), "p99_ratio_first_versions": round(ratio_first, 3),
         "reload_back_to_first_versions": back.status_code, "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1),

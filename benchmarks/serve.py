@@ -187,17 +187,22 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def cpu_seconds(session: int) -> float:
-    """User + system CPU time of every process in a session (the server and its workers; Linux)."""
-    total = 0
+def cpu_by_process(session: int) -> dict[int, float]:
+    """User + system CPU seconds of each process in a session, by pid (Linux)."""
+    out = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[3]) == session:  # field 6 of stat: the session id
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_seconds(session: int) -> float:
+    """User + system CPU time of every process in a session (the server and its workers; Linux)."""
+    return sum(cpu_by_process(session).values())
 
 
 # --- requests ------------------------------------------------------------------------------

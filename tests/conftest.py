@@ -1,16 +1,28 @@
-"""Shared fixtures: small seeded bases and a trained, promoted model set, built once per session."""
+"""Shared fixtures: small seeded bases, a trained, promoted model set, built once per session, and
+``api``: helpers that run the scoring app in-process (test modules cannot import each other or
+this file under ``--import-mode=importlib``, so the helpers come as a fixture)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from crmscore.features.io import Base
 from crmscore.features.synthetic import SyntheticBase, generate_base
+
+if TYPE_CHECKING:
+    import httpx
+    from fastapi import FastAPI
+
+    from crmscore.serving.registry import ServingBundle
+    from crmscore.serving.settings import ServingSettings
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +88,57 @@ def trained_models(mlflow_home: Path, tmp_path_factory: pytest.TempPathFactory) 
     snapshot_path = folder / "snapshot.parquet"
     write_snapshot(snapshot, as_of, snapshot_path)
     return TrainedModels(mlflow_home, base_path, snapshot_path, as_of.isoformat())
+
+
+# --- the scoring app in-process ------------------------------------------------------------------
+
+
+class ApiHelpers:
+    """Run the real ASGI app (lifespan, middleware, routes) behind an httpx client."""
+
+    @staticmethod
+    def serve(bundle: ServingBundle) -> Callable[[ServingSettings], ServingBundle]:
+        """A loader that returns ``bundle`` (loaded once by the test's fixture)."""
+        return lambda settings: bundle
+
+    @staticmethod
+    async def wait_ready(client: httpx.AsyncClient, timeout: float = 30) -> None:
+        for _ in range(int(timeout / 0.02)):
+            if (await client.get("/health/ready")).status_code == 200:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the app did not get ready")
+
+    @staticmethod
+    async def wait_not_ready_reason(client: httpx.AsyncClient, word: str = "failed", timeout: float = 10) -> dict:
+        body: dict = {}
+        for _ in range(int(timeout / 0.02)):
+            r = await client.get("/health/ready")
+            body = r.json()
+            if r.status_code == 503 and word in body.get("reason", ""):
+                return body
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"readiness never said {word!r}: {body}")
+
+    @staticmethod
+    @asynccontextmanager
+    async def running(settings: ServingSettings, loader: Any = None, *, ready: bool = True
+                      ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+        """The app of ``settings`` (``loader`` default: the real one) with a client on it."""
+        import httpx
+
+        from crmscore.serving.api.app import create_app
+
+        app = create_app(settings, loader=loader)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
+                if ready:
+                    await ApiHelpers.wait_ready(client)
+                yield app, client
+
+
+@pytest.fixture(scope="session")
+def api() -> type[ApiHelpers]:
+    """:class:`ApiHelpers`: ``api.running(settings, loader)``, ``api.serve(bundle)``, ..."""
+    return ApiHelpers

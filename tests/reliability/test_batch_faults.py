@@ -4,11 +4,14 @@
   the end: the output is identical to an uninterrupted run, nobody lost or doubled;
 * a full disk (the process's file-size limit, ``RLIMIT_FSIZE``, makes every write past it fail
   with ``EFBIG``, as a full disk fails with ``ENOSPC``): a clear error naming the file, a
-  non-zero exit and no partial output.
+  non-zero exit and no partial output;
+* an output folder the job may not write (mode 0555; as root, the child runs without the
+  capabilities that let root ignore file modes): the same.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import resource
@@ -108,3 +111,44 @@ def test_a_full_disk_is_a_clear_error_with_no_partial_output(
     assert not out.exists()
     leftovers = [p for p in tmp_path.iterdir() if p.name != ".scores.parquet.work"]
     assert leftovers == [], leftovers  # finished parts may stay in the work folder, for a resume
+
+
+#: Linux capabilities that let root ignore file modes (linux/capability.h), and prctl's
+#: PR_CAPBSET_DROP: dropped from the bounding set, they are gone from root's next exec
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _PR_CAPBSET_DROP = 1, 2, 24
+
+
+def _held_to_file_modes() -> None:
+    """preexec_fn: as root, drop the capabilities to override file modes (the suite runs as
+    root, which ignores them). Still uid 0, so the session's registry and snapshot, in the
+    test's own 0700 folders, stay readable; a folder of mode 0555 is not writable."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+@pytest.mark.parametrize("where", ["the folder", "inside the folder"])
+def test_a_read_only_output_folder_is_a_clear_error_with_no_partial_output(
+        trained_models: Any, tmp_path: Path, where: str) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    out = folder / "scores.parquet" if where == "the folder" else folder / "nightly" / "scores.parquet"
+    folder.chmod(0o555)
+    preexec = _held_to_file_modes if os.geteuid() == 0 else None
+    try:
+        # the premise: this child may not write there (else the test would prove nothing)
+        probe = subprocess.run([sys.executable, "-c", f"open({str(folder / 'probe')!r}, 'w')"],
+                               preexec_fn=preexec, capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 1 and "PermissionError" in probe.stderr, probe.stderr[-500:]
+        done = subprocess.run(_command(trained_models, out), env=_env(trained_models), capture_output=True,
+                              text=True, timeout=300, preexec_fn=preexec)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    message = " ".join(done.stderr.split())
+    assert "Permission denied" in message, message[-1000:]
+    assert f"batch scoring could not write {folder}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
+    assert f"nothing was written to {out}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
+    assert list(folder.iterdir()) == []  # no output, no part, no work folder

@@ -16,8 +16,7 @@ import logging
 import math
 import shutil
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fastapi import FastAPI
 
 from crmscore.bundle import ModelKind
 from crmscore.features.io import write_snapshot
-from crmscore.serving.api.app import create_app
 from crmscore.serving.api.schemas import CustomerScores, ModelsResponse, ScoresResponse
 from crmscore.serving.policy import load_policy
 from crmscore.serving.portfolio import assign_portfolio
@@ -106,30 +103,6 @@ def env(trained_models, tmp_path_factory: pytest.TempPathFactory) -> Env:
     return Env(folder, settings, reader, admin, snapshot, bundle, frozenset(str(ids[i]) for i in CACHED_ROWS))
 
 
-def serve(bundle: ServingBundle) -> Callable[[ServingSettings], ServingBundle]:
-    return lambda settings: bundle
-
-
-async def wait_ready(client: httpx.AsyncClient, timeout: float = 30) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if (await client.get("/health/ready")).status_code == 200:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the app did not get ready")
-
-
-@asynccontextmanager
-async def running(settings: ServingSettings, loader: Any = None, *, ready: bool = True
-                  ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings, loader=loader)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
-            if ready:
-                await wait_ready(client)
-            yield app, client
-
-
 def path_of(customer_id: str) -> str:
     return f"/v1/customers/{quote(customer_id, safe='')}/scores"
 
@@ -150,14 +123,14 @@ def snapshot_features(env: Env, i: int) -> dict[str, Any]:
 # --- health and readiness --------------------------------------------------------------------------
 
 
-async def test_health_is_open_and_ready_waits_for_a_complete_bundle(env: Env) -> None:
+async def test_health_is_open_and_ready_waits_for_a_complete_bundle(api: Any, env: Env) -> None:
     release = threading.Event()
 
     def slow(settings: ServingSettings) -> ServingBundle:
         release.wait(10)
         return env.bundle
 
-    async with running(env.settings, slow, ready=False) as (_, client):
+    async with api.running(env.settings, slow, ready=False) as (_, client):
         assert (await client.get("/health/live")).json() == {"status": "alive"}
         r = await client.get("/health/ready")
         assert r.status_code == 503 and r.json()["status"] == "not_ready"
@@ -166,16 +139,16 @@ async def test_health_is_open_and_ready_waits_for_a_complete_bundle(env: Env) ->
         assert r.status_code == 503 and r.json()["detail"].startswith("not ready: loading")
         assert r.headers["retry-after"] == "5"
         release.set()
-        await wait_ready(client)
+        await api.wait_ready(client)
         body = (await client.get("/health/ready")).json()
         assert body["status"] == "ready" and body["model_versions"] == env.bundle.versions
         assert body["snapshot_as_of"] == AS_OF
 
 
-async def test_not_ready_says_why_when_the_first_load_fails(env: Env) -> None:
+async def test_not_ready_says_why_when_the_first_load_fails(api: Any, env: Env) -> None:
     settings = env.settings.model_copy(update={"snapshot_path": env.folder / "missing.parquet",
                                                "load_retry_seconds": 0})
-    async with running(settings, ready=False) as (_, client):
+    async with api.running(settings, ready=False) as (_, client):
         for _ in range(200):
             body = (await client.get("/health/ready")).json()
             if "failed" in body["reason"]:
@@ -189,12 +162,12 @@ async def test_not_ready_says_why_when_the_first_load_fails(env: Env) -> None:
 # --- one customer -------------------------------------------------------------------------------
 
 
-async def test_customer_scores_payload(env: Env) -> None:
+async def test_customer_scores_payload(api: Any, env: Env) -> None:
     bundle = env.bundle
     no_credit = next(i for i in range(len(env.ids)) if bundle.scored.record(i)["default_prob"] is None)
     with_credit = next(i for i in range(len(env.ids)) if bundle.scored.record(i)["default_prob"] is not None)
     rows = sorted({0, 1, 2, 3, 4, 6, 11, 13, no_credit, with_credit})
-    async with running(env.settings, serve(bundle)) as (_, client):
+    async with api.running(env.settings, api.serve(bundle)) as (_, client):
         for i in rows:
             cid = env.ids[i]
             r = await client.get(path_of(cid), headers={"X-API-Key": env.reader})
@@ -227,24 +200,24 @@ async def test_customer_scores_payload(env: Env) -> None:
         assert r.json()["reasons"] is None and r.json()["reasons_source"] == "omitted"
 
 
-async def test_every_snapshot_customer_matches_the_documented_schema(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_every_snapshot_customer_matches_the_documented_schema(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         for cid in env.ids[:400]:
             r = await client.get(path_of(cid) + "?reasons=false", headers={"X-API-Key": env.reader})
             assert r.status_code == 200
             CustomerScores.model_validate_json(r.content)
 
 
-async def test_unknown_customer_is_404_without_echo(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_unknown_customer_is_404_without_echo(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.get(path_of(CANARY), headers={"X-API-Key": env.reader})
         assert r.status_code == 404
         assert r.json()["detail"] == f"unknown customer: no customer with this id in the snapshot as of {AS_OF}"
         assert CANARY not in r.text and r.json()["request_id"] == r.headers["x-request-id"]
 
 
-async def test_ids_with_odd_characters(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_ids_with_odd_characters(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         for i, cid in enumerate(ODD_IDS):
             r = await client.get(path_of(cid), headers={"X-API-Key": env.reader})
             assert r.status_code == 200, (cid, r.text)
@@ -262,7 +235,7 @@ async def test_ids_with_odd_characters(env: Env) -> None:
         assert r.json()["n_ok"] == len(ODD_IDS)
 
 
-async def test_parity_with_batch_scoring(env: Env) -> None:
+async def test_parity_with_batch_scoring(api: Any, env: Env) -> None:
     """API numbers (snapshot look-up, and inline features) = score_matrix over the whole
     snapshot + assign_portfolio, as batch scoring computes them."""
     bundle = env.bundle
@@ -271,7 +244,7 @@ async def test_parity_with_batch_scoring(env: Env) -> None:
     frame = pd.DataFrame({"customer_id": env.ids, **scores})
     batch = assign_portfolio(frame, load_policy(), bundle.cutoffs)
     rows = [0, 1, 2, 3, 4, 17, 99, 250, 1234, len(env.ids) - 1]
-    async with running(env.settings, serve(bundle)) as (_, client):
+    async with api.running(env.settings, api.serve(bundle)) as (_, client):
         inline = await client.post("/v1/scores", headers={"X-API-Key": env.reader}, json={
             "customers": [{"customer_id": f"inline-{i}", "features": snapshot_features(env, i)} for i in rows],
             "reasons": False})
@@ -302,9 +275,9 @@ async def test_parity_with_batch_scoring(env: Env) -> None:
 # --- batch of customers ---------------------------------------------------------------------------
 
 
-async def test_batch_scores_by_id_inline_and_unknown(env: Env) -> None:
+async def test_batch_scores_by_id_inline_and_unknown(api: Any, env: Env) -> None:
     known, cached = env.ids[9], env.ids[CACHED_ROWS[3]]
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.post("/v1/scores", headers={"X-API-Key": env.reader}, json={"customers": [
             {"customer_id": cached},
             {"customer_id": "nobody-" + CANARY},
@@ -329,10 +302,10 @@ async def test_batch_scores_by_id_inline_and_unknown(env: Env) -> None:
         assert same.result.reasons_source == "computed" and same.result.customer_id == known
 
 
-async def test_batch_reasons_equal_single_customer_reasons(env: Env) -> None:
+async def test_batch_reasons_equal_single_customer_reasons(api: Any, env: Env) -> None:
     """Reasons computed for many customers in one call (one TreeSHAP pass) = one at a time."""
     ids = [cid for cid in env.ids[40:80] if cid not in env.cached_ids][:6] + [env.ids[CACHED_ROWS[1]]]
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         reader = {"X-API-Key": env.reader}
         r = await client.post("/v1/scores", headers=reader, json={"customers": [{"customer_id": c} for c in ids]})
         for cid, item in zip(ids, r.json()["results"], strict=True):
@@ -341,8 +314,8 @@ async def test_batch_reasons_equal_single_customer_reasons(env: Env) -> None:
             assert item["result"]["reasons_source"] == single["reasons_source"]
 
 
-async def test_batch_size_limits(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_batch_size_limits(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.post("/v1/scores", headers={"X-API-Key": env.reader},
                               json={"customers": [{"customer_id": env.ids[0]}] * 1001})
         assert r.status_code == 422
@@ -354,19 +327,19 @@ async def test_batch_size_limits(env: Env) -> None:
         r = await client.post("/v1/scores", headers={"X-API-Key": env.reader}, json={"customers": []})
         assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_short"
     small = env.settings.model_copy(update={"max_batch": 5})
-    async with running(small, serve(env.bundle)) as (_, client):
+    async with api.running(small, api.serve(env.bundle)) as (_, client):
         r = await client.post("/v1/scores", headers={"X-API-Key": env.reader},
                               json={"customers": [{"customer_id": env.ids[0]}] * 6})
         assert r.status_code == 422
         assert r.json()["detail"][0]["msg"] == "at most 5 customers per call; got 6: split the batch"
 
 
-async def test_invalid_inline_features_name_the_field_and_echo_nothing(env: Env) -> None:
+async def test_invalid_inline_features_name_the_field_and_echo_nothing(api: Any, env: Env) -> None:
     raw = ('{"customers": [{"customer_id": "c1", "features": {"tenure_days": NaN, "margin_30d": Infinity, '
            '"revenue_30d": 1e999, "revenue_90d": 1' + "0" * 400 + ', "revenue_365d": 7.31e15, '
            '"order_count_30d": true, "margin_90d": "' + CANARY + '", "segment": 7731, '
            '"no_such_feature": "' + CANARY + '"}}]}')
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.post("/v1/scores", content=raw, headers={"X-API-Key": env.reader,
                                                                    "content-type": "application/json"})
         assert r.status_code == 422, r.text
@@ -391,7 +364,7 @@ async def test_invalid_inline_features_name_the_field_and_echo_nothing(env: Env)
         assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
 
 
-async def test_body_size_limit_through_the_middleware_stack(env: Env) -> None:
+async def test_body_size_limit_through_the_middleware_stack(api: Any, env: Env) -> None:
     settings = env.settings.model_copy(update={"max_body_bytes": 2048})
     big = json.dumps({"customers": [{"customer_id": f"c{i:05d}"} for i in range(200)]}).encode()
     assert len(big) > 2048
@@ -400,7 +373,7 @@ async def test_body_size_limit_through_the_middleware_stack(env: Env) -> None:
         for k in range(0, len(big), 500):
             yield big[k:k + 500]
 
-    async with running(settings, serve(env.bundle)) as (_, client):
+    async with api.running(settings, api.serve(env.bundle)) as (_, client):
         headers = {"X-API-Key": env.reader, "content-type": "application/json"}
         r = await client.post("/v1/scores", content=big, headers=headers)  # declared Content-Length
         assert r.status_code == 413
@@ -417,8 +390,8 @@ async def test_body_size_limit_through_the_middleware_stack(env: Env) -> None:
 # --- auth -----------------------------------------------------------------------------------------
 
 
-async def test_auth_scopes(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_auth_scopes(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.get(path_of(env.ids[3]))
         assert r.status_code == 401 and r.headers["www-authenticate"] == "APIKey"
         assert r.json()["detail"] == "missing API key: send it in the X-API-Key header"
@@ -431,8 +404,8 @@ async def test_auth_scopes(env: Env) -> None:
         assert (await client.post("/v1/admin/reload")).status_code == 401
 
 
-async def test_every_non_health_route_requires_a_key(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (app, client):
+async def test_every_non_health_route_requires_a_key(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (app, client):
         schema = (await client.get("/openapi.json")).json()
         scheme = next(iter(schema["components"]["securitySchemes"]))
         assert schema["components"]["securitySchemes"][scheme] == {
@@ -457,8 +430,8 @@ async def test_every_non_health_route_requires_a_key(env: Env) -> None:
 # --- models, portfolio, metrics ----------------------------------------------------------------
 
 
-async def test_models_endpoint(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_models_endpoint(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.get("/v1/models", headers={"X-API-Key": env.reader})
         body = ModelsResponse.model_validate_json(r.content)
         assert [m.kind for m in body.models] == [k.value for k in ModelKind]
@@ -474,8 +447,8 @@ async def test_models_endpoint(env: Env) -> None:
         assert features["tenure_days"].type == "number" and body.last_reload_error is None
 
 
-async def test_portfolio_summary(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_portfolio_summary(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.get("/v1/portfolio/summary", headers={"X-API-Key": env.reader})
         body = r.json()
         assert r.status_code == 200 and body["n_customers"] == len(env.ids)
@@ -484,13 +457,13 @@ async def test_portfolio_summary(env: Env) -> None:
                                  "matches_loaded_bundle": True}
     no_batch = dataclasses.replace(env.bundle, summary=None,
                                    scores_file=dataclasses.replace(env.bundle.scores_file, status="not_configured"))
-    async with running(env.settings, serve(no_batch)) as (_, client):
+    async with api.running(env.settings, api.serve(no_batch)) as (_, client):
         r = await client.get("/v1/portfolio/summary", headers={"X-API-Key": env.reader})
         assert r.status_code == 404 and r.json()["detail"].startswith("no batch scoring configured")
 
 
-async def test_metrics(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_metrics(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         await client.get(path_of(ODD_IDS[1]), headers={"X-API-Key": env.reader})
         await client.get(path_of("nobody"), headers={"X-API-Key": env.reader})
         await client.get("/no/such/route")
@@ -508,7 +481,7 @@ async def test_metrics(env: Env) -> None:
         assert f'crmscore_model_version_info{{kind="churn",registered_name="crm-churn",version="{version}"}} 1.0' in text
         assert "crmscore_bundle_loaded 1.0" in text and f"crmscore_snapshot_customers {float(len(env.ids))}" in text
     open_metrics = env.settings.model_copy(update={"metrics_require_key": False})
-    async with running(open_metrics, serve(env.bundle)) as (_, client):
+    async with api.running(open_metrics, api.serve(env.bundle)) as (_, client):
         assert (await client.get("/metrics")).status_code == 200
 
 
@@ -523,10 +496,10 @@ def copy_settings(env: Env, name: str) -> ServingSettings:
     return env.settings.model_copy(update={"snapshot_path": folder / "snapshot.parquet"})
 
 
-async def test_reload_swaps_and_a_failed_reload_keeps_the_old_bundle(env: Env) -> None:
+async def test_reload_swaps_and_a_failed_reload_keeps_the_old_bundle(api: Any, env: Env) -> None:
     settings = copy_settings(env, "reload")
     admin = {"X-API-Key": env.admin}
-    async with running(settings) as (_, client):
+    async with api.running(settings) as (_, client):
         before = (await client.get("/health/ready")).json()["bundle_id"]
         r = await client.post("/v1/admin/reload", headers=admin)
         assert r.status_code == 200, r.text
@@ -548,7 +521,36 @@ async def test_reload_swaps_and_a_failed_reload_keeps_the_old_bundle(env: Env) -
         assert models["last_reload_error"] == "feature snapshot not found"
 
 
-async def test_reload_conflict_is_409(env: Env) -> None:
+async def test_reload_reads_the_batch_scoring_put_in_place_since(api: Any, env: Env) -> None:
+    """The nightly flow: batch scoring writes the file at ``scores_path`` (renamed into place),
+    then an admin reloads: the new bundle serves that file's reasons, cut-offs and summary."""
+    settings = copy_settings(env, "nightly").model_copy(
+        update={"scores_path": env.folder / "nightly" / "scores.parquet"})
+    cached = sorted(env.cached_ids)[0]
+    reader, admin = {"X-API-Key": env.reader}, {"X-API-Key": env.admin}
+    async with api.running(settings) as (_, client):
+        before = (await client.get("/v1/models", headers=reader)).json()["scores_file"]
+        assert before["status"] == "missing"
+        assert (await client.get(path_of(cached), headers=reader)).json()["reasons_source"] == "computed"
+        assert (await client.get("/v1/portfolio/summary", headers=reader)).status_code == 404
+
+        tmp = settings.scores_path.with_name(".scores.parquet.tmp")
+        shutil.copyfile(env.settings.scores_path, tmp)
+        tmp.replace(settings.scores_path)  # os.replace: as `crmscore score` puts its output in place
+        r = await client.post("/v1/admin/reload", headers=admin)
+        assert r.status_code == 200, r.text
+
+        after = (await client.get("/v1/models", headers=reader)).json()
+        assert after["scores_file"]["status"] == "loaded"
+        assert after["scores_file"]["customers_with_reasons"] == len(CACHED_ROWS)
+        assert after["cutoffs"]["source"] == "scores_file"
+        body = (await client.get(path_of(cached), headers=reader)).json()
+        assert body["reasons_source"] == "batch"
+        summary = (await client.get("/v1/portfolio/summary", headers=reader)).json()
+        assert summary["batch"]["matches_loaded_bundle"] is True
+
+
+async def test_reload_conflict_is_409(api: Any, env: Env) -> None:
     release = threading.Event()
     calls: list[int] = []
 
@@ -558,7 +560,7 @@ async def test_reload_conflict_is_409(env: Env) -> None:
             release.wait(10)
         return env.bundle
 
-    async with running(env.settings, loader) as (_, client):
+    async with api.running(env.settings, loader) as (_, client):
         admin = {"X-API-Key": env.admin}
         first = asyncio.create_task(client.post("/v1/admin/reload", headers=admin))
         for _ in range(100):
@@ -571,7 +573,7 @@ async def test_reload_conflict_is_409(env: Env) -> None:
         assert (await first).status_code == 200
 
 
-async def test_reload_under_concurrent_requests(env: Env) -> None:
+async def test_reload_under_concurrent_requests(api: Any, env: Env) -> None:
     """Many requests in flight (reasons computed in threads) while the bundle is swapped back
     and forth: no failed request, and each response comes from one bundle."""
     relabelled = dataclasses.replace(
@@ -585,7 +587,7 @@ async def test_reload_under_concurrent_requests(env: Env) -> None:
 
     uncached = [cid for cid in env.ids[:120] if cid not in env.cached_ids]
     settings = env.settings.model_copy(update={"max_in_flight": 1000})
-    async with running(settings, loader) as (_, client):
+    async with api.running(settings, loader) as (_, client):
         reader = {"X-API-Key": env.reader}
 
         async def one(cid: str, delay: float) -> httpx.Response:
@@ -614,8 +616,8 @@ async def test_reload_under_concurrent_requests(env: Env) -> None:
         assert seen == {"v2", env.bundle.versions["churn"]}  # requests were served on both sides of a swap
 
 
-async def test_reload_with_the_real_loader_under_requests(env: Env) -> None:
-    async with running(env.settings) as (_, client):
+async def test_reload_with_the_real_loader_under_requests(api: Any, env: Env) -> None:
+    async with api.running(env.settings) as (_, client):
         reader = {"X-API-Key": env.reader}
 
         async def requests() -> list[int]:
@@ -637,7 +639,7 @@ async def test_reload_with_the_real_loader_under_requests(env: Env) -> None:
 # --- overload, errors, logs ------------------------------------------------------------------------
 
 
-async def test_overload_is_shed_with_503(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_overload_is_shed_with_503(api: Any, env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     gate, entered = threading.Event(), threading.Event()
     real = ServingBundle.compute_reasons
 
@@ -649,7 +651,7 @@ async def test_overload_is_shed_with_503(env: Env, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(ServingBundle, "compute_reasons", blocking)
     settings = env.settings.model_copy(update={"max_in_flight": 1})
     uncached = next(cid for cid in env.ids[5:] if cid not in env.cached_ids)
-    async with running(settings, serve(env.bundle)) as (_, client):
+    async with api.running(settings, api.serve(env.bundle)) as (_, client):
         slow = asyncio.create_task(client.get(path_of(uncached), headers={"X-API-Key": env.reader}))
         while not entered.is_set():
             await asyncio.sleep(0.01)
@@ -662,7 +664,7 @@ async def test_overload_is_shed_with_503(env: Env, monkeypatch: pytest.MonkeyPat
         assert (await slow).status_code == 200
 
 
-async def test_internal_error_is_a_500_with_the_request_id(env: Env, monkeypatch: pytest.MonkeyPatch,
+async def test_internal_error_is_a_500_with_the_request_id(api: Any, env: Env, monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     from crmscore.serving.api.routes import customers
 
@@ -670,7 +672,7 @@ async def test_internal_error_is_a_500_with_the_request_id(env: Env, monkeypatch
         raise RuntimeError("a bug of ours")
 
     monkeypatch.setattr(customers, "customer_json", broken)
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         with caplog.at_level(logging.ERROR, logger="crmscore.serving.api"):
             r = await client.get(path_of(env.ids[3]), headers={"X-API-Key": env.reader})
         assert r.status_code == 500
@@ -682,17 +684,17 @@ async def test_internal_error_is_a_500_with_the_request_id(env: Env, monkeypatch
         assert env.ids[3] not in caplog.text
 
 
-async def test_request_ids(env: Env) -> None:
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+async def test_request_ids(api: Any, env: Env) -> None:
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         r = await client.get("/health/live", headers={"X-Request-ID": "front-end.42"})
         assert r.headers["x-request-id"] == "front-end.42"
         r = await client.get("/health/live", headers={"X-Request-ID": "bad id\x01" + "x" * 100})
         assert len(r.headers["x-request-id"]) == 16
 
 
-async def test_no_customer_data_or_keys_in_logs(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_customer_data_or_keys_in_logs(api: Any, env: Env, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    async with running(env.settings, serve(env.bundle)) as (_, client):
+    async with api.running(env.settings, api.serve(env.bundle)) as (_, client):
         reader = {"X-API-Key": env.reader}
         await client.get(path_of(CANARY), headers=reader)
         await client.post("/v1/scores", headers=reader, json={"customers": [

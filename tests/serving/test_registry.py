@@ -308,3 +308,25 @@ def test_unexpected_loader_errors_become_load_errors(trained_models) -> None:
     with pytest.raises(LoadError, match="unexpected error while loading: ZeroDivisionError: boom"):
         asyncio.run(holder.reload())
     assert holder.not_ready_reason().endswith("unexpected error while loading")
+
+
+def test_the_loader_process_builds_at_its_niceness(trained_models, files: Files, bundle: ServingBundle) -> None:
+    """``load_niceness`` applies to the loader process only: the server keeps its own priority."""
+    import os
+
+    from crmscore.serving.loader_process import LoaderProcess, from_pieces
+
+    server_niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    wanted = min(19, server_niceness + 7)  # lowering priority needs no privilege
+    settings = settings_for(trained_models, snapshot_path=files.snapshot_path, load_niceness=wanted)
+    loader = LoaderProcess()
+    try:
+        pieces, _ = loader.load(settings)
+        assert loader.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, loader.pid) == wanted
+        assert os.getpriority(os.PRIO_PROCESS, 0) == server_niceness
+        built = from_pieces(ServingBundle, pieces)
+        assert built.versions == bundle.versions and built.n_customers == bundle.n_customers
+    finally:
+        loader.close()
+    assert loader.pid is None
