@@ -109,13 +109,15 @@ def percentile(values: list[float], q: float) -> float:
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
-    """One HTTP/1.1 keep-alive exchange over raw sockets (the client of serve.py, plus the body)."""
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes, bool]:
+    """One HTTP/1.1 keep-alive exchange over raw sockets (the client of serve.py, plus the body);
+    the flag says the server closes the connection (``Connection: close``, e.g. uvicorn's 503
+    past ``limit_concurrency``)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     match = _LENGTH.search(head)
     body = await reader.readexactly(int(match.group(1))) if match else b""
-    return int(head[9:12]), body
+    return int(head[9:12]), body, b"\r\nconnection: close" in head.lower()
 
 
 async def _client_loop(port: int, requests: list[bytes], start: int, deadline: float,
@@ -139,7 +141,10 @@ async def _client_loop(port: int, requests: list[bytes], start: int, deadline: f
             i += 1
             sent, t = time.monotonic(), time.perf_counter()
             try:
-                status, body = await _exchange(reader, writer, request)
+                status, body, closing = await _exchange(reader, writer, request)
+                if closing:  # refused and closed: a client reconnects, as a real one would
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port)
             except (OSError, asyncio.IncompleteReadError) as exc:
                 record["errors"].append(type(exc).__name__)
                 return
@@ -162,8 +167,6 @@ async def _client_loop(port: int, requests: list[bytes], start: int, deadline: f
                     record["before_reload_answer"] += 1
             else:
                 record["refused_ms"].append(ms)
-                if b"connection: close" in body.lower():
-                    return
     finally:
         writer.close()
 
