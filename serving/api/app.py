@@ -31,6 +31,7 @@ from crmscore.serving.api.metrics import ServiceMetrics
 from crmscore.serving.api.middleware import (
     BodySizeLimitMiddleware,
     LoadSheddingMiddleware,
+    QueueDelayMonitor,
     RequestContextMiddleware,
     request_id_of,
 )
@@ -84,7 +85,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-def create_app(settings: ServingSettings | None = None, *, loader: Loader | None = None) -> FastAPI:
+def create_app(settings: ServingSettings | None = None, *, loader: Loader | None = None,
+               watch_queue_delay: bool = False) -> FastAPI:
     """Build the scoring API.
 
     Parameters
@@ -94,6 +96,10 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
     loader : callable, optional
         ``loader(settings) -> ServingBundle``; default
         :func:`~crmscore.serving.registry.load_serving_bundle` (tests pass their own).
+    watch_queue_delay : bool
+        Shed requests that waited longer than ``settings.max_queue_delay_ms`` for the event
+        loop (``crmscore serve`` turns it on). Off for an app driven in-process, where the
+        caller's own code runs on the same loop and would read as queueing.
     """
     from crmscore import __version__
 
@@ -106,14 +112,20 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
         metrics=service_metrics,
     )
 
+    queue_delay = QueueDelayMonitor() if watch_queue_delay and settings.max_queue_delay_ms > 0 else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.compute = anyio.CapacityLimiter(settings.compute_threads)
         task = asyncio.create_task(_keep_loading(state), name="crmscore-initial-load")
         await asyncio.sleep(0)  # let the load start, so readiness says "loading" from the first request
+        if queue_delay is not None:
+            queue_delay.start()
         try:
             yield
         finally:
+            if queue_delay is not None:
+                await queue_delay.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -145,7 +157,8 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(LoadSheddingMiddleware, max_in_flight=settings.max_in_flight, metrics=service_metrics)
+    app.add_middleware(LoadSheddingMiddleware, max_in_flight=settings.max_in_flight, metrics=service_metrics,
+                       queue_delay=queue_delay, max_queue_delay_s=settings.max_queue_delay_ms / 1000)
     app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
     return app
 
@@ -158,7 +171,7 @@ MALLOC_ARENAS = 2
 def create_app_from_env() -> FastAPI:
     """App factory for uvicorn workers: settings from the ``CRMSCORE_*`` environment."""
     limit_malloc_arenas(MALLOC_ARENAS)
-    return create_app(ServingSettings())
+    return create_app(ServingSettings(), watch_queue_delay=True)
 
 
 def _settings_env(settings: ServingSettings) -> dict[str, str]:
@@ -199,7 +212,7 @@ def run_server(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8
         "timeout_graceful_shutdown": 10,
     }
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, watch_queue_delay=True), **options)
         return
     os.environ.update(_settings_env(settings))
     uvicorn.run("crmscore.serving.api.app:create_app_from_env", factory=True, workers=workers, **options)

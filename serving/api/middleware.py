@@ -5,9 +5,11 @@
   which holds customer ids), and turns an unhandled exception into a JSON 500 carrying the
   request id, logged once as our bug.
 * :class:`LoadSheddingMiddleware` answers 503 with ``Retry-After`` at once when more than
-  ``max_in_flight`` requests are being processed, instead of queueing without bound; health,
-  metrics and admin endpoints are never shed (probes must answer, an operator must be able to
-  reload an overloaded server).
+  ``max_in_flight`` requests are being processed, or when the request has waited longer than
+  ``max_queue_delay`` for the event loop (:class:`QueueDelayMonitor`): a cached customer's
+  scores are computed without yielding, so under overload requests queue in front of the loop,
+  never in flight, and only their wait shows it. Health, metrics and admin endpoints are never
+  shed (probes must answer, an operator must be able to reload an overloaded server).
 * :class:`BodySizeLimitMiddleware` reads the request body before routing, up to the limit:
   a ``Content-Length`` over the limit, or a chunked body that grows past it, gets 413 without
   reading further. The body read is then replayed to the app.
@@ -18,6 +20,8 @@ holds for every route, including ones that never read the body.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -122,13 +126,55 @@ class RequestContextMiddleware:
                                     seconds * 1000, request_id)
 
 
-class LoadSheddingMiddleware:
-    """503 + Retry-After when ``max_in_flight`` requests are already being processed."""
+class QueueDelayMonitor:
+    """How far behind the event loop runs: a timer due every ``interval_s`` seconds.
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, metrics: ServiceMetrics) -> None:
+    While the loop is busy, the timer's callback waits in the same queue as the requests; a
+    request handled while the timer is overdue by ``d`` seconds was itself ready at least about
+    ``d`` seconds before the loop got to it (the event-loop-lag signal of Node's ``toobusy`` and
+    of CoDel-style queue management). Once the timer has run, the delay reads 0 again, so one
+    stall does not leave a stale figure behind. Started by the app's lifespan, not at import.
+    """
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self._due: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._tick(), name="crmscore-queue-delay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task, self._due = None, None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._due = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+
+    def delay(self) -> float:
+        """Seconds the loop is behind right now; 0 when on time or not watching."""
+        if self._due is None:
+            return 0.0
+        return max(0.0, asyncio.get_running_loop().time() - self._due)
+
+
+class LoadSheddingMiddleware:
+    """503 + Retry-After when ``max_in_flight`` requests are already being processed, or when
+    the event loop is more than ``max_queue_delay_s`` behind (``queue_delay``; 0 = no limit)."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int, metrics: ServiceMetrics,
+                 queue_delay: QueueDelayMonitor | None = None, max_queue_delay_s: float = 0.0) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.metrics = metrics
+        self.queue_delay = queue_delay
+        self.max_queue_delay_s = max_queue_delay_s
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,13 +182,14 @@ class LoadSheddingMiddleware:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
-            self.metrics.shed.inc()
-            await send_json(send, 503, {
-                "detail": f"server overloaded: {self.in_flight} requests in flight (limit {self.max_in_flight}); "
-                "retry shortly",
-                "request_id": request_id_of(scope),
-            }, [(b"retry-after", b"1")])
+            await self._shed(scope, send, f"{self.in_flight} requests in flight (limit {self.max_in_flight})")
             return
+        if self.queue_delay is not None and self.max_queue_delay_s > 0:
+            waited = self.queue_delay.delay()
+            if waited > self.max_queue_delay_s:
+                await self._shed(scope, send, f"requests wait {waited * 1000:.0f} ms to start "
+                                              f"(limit {self.max_queue_delay_s * 1000:.0f} ms)")
+                return
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
         try:
@@ -150,6 +197,13 @@ class LoadSheddingMiddleware:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.set(self.in_flight)
+
+    async def _shed(self, scope: Scope, send: Send, why: str) -> None:
+        self.metrics.shed.inc()
+        await send_json(send, 503, {
+            "detail": f"server overloaded: {why}; retry shortly",
+            "request_id": request_id_of(scope),
+        }, [(b"retry-after", b"1")])
 
 
 class BodySizeLimitMiddleware:

@@ -664,6 +664,66 @@ async def test_overload_is_shed_with_503(api: Any, env: Env, monkeypatch: pytest
         assert (await slow).status_code == 200
 
 
+async def test_requests_that_waited_too_long_for_the_loop_are_shed(api: Any, env: Env,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crmscore serve` watches how far behind the event loop runs (QueueDelayMonitor): past
+    max_queue_delay_ms a request gets 503 at once; probes are never shed; on time, served."""
+    import httpx
+
+    from crmscore.serving.api.app import create_app
+    from crmscore.serving.api.middleware import QueueDelayMonitor
+
+    behind = {"s": 0.0}
+    monkeypatch.setattr(QueueDelayMonitor, "delay", lambda self: behind["s"])
+    settings = env.settings.model_copy(update={"max_queue_delay_ms": 100})
+    app = create_app(settings, loader=api.serve(env.bundle), watch_queue_delay=True)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            await api.wait_ready(client)
+            reader = {"X-API-Key": env.reader}
+            behind["s"] = 0.35
+            r = await client.get(path_of(env.ids[6]), headers=reader)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert r.json()["detail"] == "server overloaded: requests wait 350 ms to start (limit 100 ms); retry shortly"
+            assert (await client.get("/health/ready")).status_code == 200  # never shed
+            assert "crmscore_http_requests_shed_total 1.0" in (await client.get("/metrics", headers=reader)).text
+            behind["s"] = 0.05
+            assert (await client.get(path_of(env.ids[6]), headers=reader)).status_code == 200
+
+
+async def test_the_queue_delay_is_watched_only_when_asked() -> None:
+    """In-process callers (tests, notebooks) run their own code on the app's loop: not watched."""
+    from crmscore.serving.api.app import create_app
+    from crmscore.serving.api.middleware import LoadSheddingMiddleware
+
+    def shedding(app: Any) -> Any:
+        return next(m for m in app.user_middleware if m.cls is LoadSheddingMiddleware)
+
+    settings = ServingSettings(max_queue_delay_ms=250)
+    assert shedding(create_app(settings)).kwargs["queue_delay"] is None
+    assert shedding(create_app(settings, watch_queue_delay=True)).kwargs["queue_delay"] is not None
+    assert shedding(create_app(settings.model_copy(update={"max_queue_delay_ms": 0}), watch_queue_delay=True)
+                    ).kwargs["queue_delay"] is None
+
+
+async def test_queue_delay_monitor_reads_how_far_behind_the_loop_is() -> None:
+    import time
+
+    from crmscore.serving.api.middleware import QueueDelayMonitor
+
+    monitor = QueueDelayMonitor(interval_s=0.01)
+    assert monitor.delay() == 0.0  # not started
+    monitor.start()
+    await asyncio.sleep(0.05)
+    time.sleep(0.5)  # the loop is blocked: the monitor's wake-up is overdue, as a queued request would be
+    assert monitor.delay() >= 0.45
+    await asyncio.sleep(0.05)  # the loop catches up and the monitor re-arms: no stale figure left
+    assert monitor.delay() < 0.45
+    await monitor.stop()
+    assert monitor.delay() == 0.0
+
+
 async def test_internal_error_is_a_500_with_the_request_id(api: Any, env: Env, monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     from crmscore.serving.api.routes import customers
