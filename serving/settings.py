@@ -67,7 +67,7 @@ class ServingSettings(BaseSettings):
         open, uvicorn answers *every* request 503 and closes its connection (idle keep-alive
         connections count too), and the reconnecting clients then wait in the kernel's accept
         queue for seconds; default 2048, so that the queue-delay shedding, which keeps
-        connections open, acts first (1,024 clients: served p99 359 ms here, against 7.6 s with
+        connections open, acts first (1,024 clients: served p99 386 ms here, against 7.6 s with
         the former default of 512; docs/reliability.md).
     compute_threads : int
         Worker threads for the expensive per-request work (reason codes computed on demand,

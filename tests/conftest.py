@@ -122,14 +122,14 @@ class ApiHelpers:
 
     @staticmethod
     @asynccontextmanager
-    async def running(settings: ServingSettings, loader: Any = None, *, ready: bool = True
-                      ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async def running(settings: ServingSettings, loader: Any = None, *, ready: bool = True,
+                      watch_queue_delay: bool = False) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
         """The app of ``settings`` (``loader`` default: the real one) with a client on it."""
         import httpx
 
         from crmscore.serving.api.app import create_app
 
-        app = create_app(settings, loader=loader)
+        app = create_app(settings, loader=loader, watch_queue_delay=watch_queue_delay)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:

@@ -259,7 +259,7 @@ def run_local(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         _prepare_workdir(work, manifest)
         # Pass 1: scores.
-        def score_part(i: int, chunk: pd.DataFrame, part: Path) -> None:
+        def score_part(chunk: pd.DataFrame, part: Path) -> None:
             if as_of is not None and "as_of" not in chunk.columns:
                 chunk.insert(1, "as_of", pd.Timestamp(as_of.decode()))
             scored = score_chunk(own.get(), chunk, reasons, carry=carry, num_threads=threads)
@@ -268,7 +268,7 @@ def run_local(
         def score_tasks() -> Iterator[Callable[[], None]]:
             for i, chunk in enumerate(iter_chunks(snapshot_path, chunk_rows)):
                 part = work / f"scores-{i:05d}.parquet"
-                yield _nothing if part.exists() else functools.partial(score_part, i, chunk, part)
+                yield _nothing if part.exists() else functools.partial(score_part, chunk, part)
 
         _run_in_order(score_tasks(), _ignore, n_chunks, workers, "score", progress)
         # Cut-offs, once, on the whole portfolio.

@@ -668,28 +668,21 @@ async def test_requests_that_waited_too_long_for_the_loop_are_shed(api: Any, env
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`crmscore serve` watches how far behind the event loop runs (QueueDelayMonitor): past
     max_queue_delay_ms a request gets 503 at once; probes are never shed; on time, served."""
-    import httpx
-
-    from crmscore.serving.api.app import create_app
     from crmscore.serving.api.middleware import QueueDelayMonitor
 
     behind = {"s": 0.0}
     monkeypatch.setattr(QueueDelayMonitor, "delay", lambda self: behind["s"])
     settings = env.settings.model_copy(update={"max_queue_delay_ms": 100})
-    app = create_app(settings, loader=api.serve(env.bundle), watch_queue_delay=True)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            await api.wait_ready(client)
-            reader = {"X-API-Key": env.reader}
-            behind["s"] = 0.35
-            r = await client.get(path_of(env.ids[6]), headers=reader)
-            assert r.status_code == 503 and r.headers["retry-after"] == "1"
-            assert r.json()["detail"] == "server overloaded: requests wait 350 ms to start (limit 100 ms); retry shortly"
-            assert (await client.get("/health/ready")).status_code == 200  # never shed
-            assert "crmscore_http_requests_shed_total 1.0" in (await client.get("/metrics", headers=reader)).text
-            behind["s"] = 0.05
-            assert (await client.get(path_of(env.ids[6]), headers=reader)).status_code == 200
+    async with api.running(settings, api.serve(env.bundle), watch_queue_delay=True) as (_, client):
+        reader = {"X-API-Key": env.reader}
+        behind["s"] = 0.35
+        r = await client.get(path_of(env.ids[6]), headers=reader)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["detail"] == "server overloaded: requests wait 350 ms to start (limit 100 ms); retry shortly"
+        assert (await client.get("/health/ready")).status_code == 200  # never shed
+        assert "crmscore_http_requests_shed_total 1.0" in (await client.get("/metrics", headers=reader)).text
+        behind["s"] = 0.05
+        assert (await client.get(path_of(env.ids[6]), headers=reader)).status_code == 200
 
 
 async def test_the_queue_delay_is_watched_only_when_asked() -> None:
