@@ -21,6 +21,7 @@ holds for every route, including ones that never read the body.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -164,17 +165,86 @@ class QueueDelayMonitor:
         return max(0.0, asyncio.get_running_loop().time() - self._due)
 
 
+class TurnGate:
+    """At most ``per_turn`` requests start their work per event-loop iteration; the others wait
+    their turn, first come first served.
+
+    A cached customer's scores are computed without yielding, so without the gate every request
+    parsed in one iteration runs its work in the next, one after another: under overload that
+    iteration grows to hundreds of milliseconds, and never more than one request is in flight,
+    so ``max_in_flight`` never refuses anything. A refusal decided in such an iteration comes
+    after the work of every request read before it, and with uvloop (uvicorn's loop when it is
+    installed) it is not even written before the iteration ends: uvloop writes an iteration's
+    responses at its end. With the gate an iteration holds at most ``per_turn`` requests' work
+    besides the cheap admission checks of the requests just read, so a refusal is on the wire
+    within about one request's work of being read, and the admitted requests wait in the gate's
+    queue, counted in flight and so bounded by ``max_in_flight``, instead of in front of the
+    loop. A request that finds nobody waiting and the turn not used up goes through without
+    yielding.
+    """
+
+    def __init__(self, per_turn: int = 1) -> None:
+        if per_turn < 1:
+            raise ValueError(f"per_turn must be a positive number of requests; got {per_turn}")
+        self.per_turn = per_turn
+        self._started = 0  # requests let through since the last turn began
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._turn_scheduled = False
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn."""
+        return len(self._waiting)
+
+    async def wait_turn(self) -> None:
+        """Return when the caller may start its work: at once if the turn has room, else in FIFO order."""
+        if not self._waiting and self._started < self.per_turn:
+            self._started += 1
+            self._next_turn_soon()
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._next_turn_soon()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if not future.done():
+                self._waiting.remove(future)
+            raise
+
+    def _next_turn_soon(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """Once per loop iteration while anyone waits: let the next ``per_turn`` through (each
+        resumes in the next iteration)."""
+        self._turn_scheduled = False
+        self._started = 0
+        while self._waiting and self._started < self.per_turn:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                self._started += 1
+        if self._waiting or self._started:
+            self._next_turn_soon()
+
+
 class LoadSheddingMiddleware:
-    """503 + Retry-After when ``max_in_flight`` requests are already being processed, or when
-    the event loop is more than ``max_queue_delay_s`` behind (``queue_delay``; 0 = no limit)."""
+    """503 + Retry-After when ``max_in_flight`` requests are already admitted (working or
+    waiting their turn at the :class:`TurnGate`), or when the event loop is more than
+    ``max_queue_delay_s`` behind (``queue_delay``; 0 = no limit)."""
 
     def __init__(self, app: ASGIApp, max_in_flight: int, metrics: ServiceMetrics,
-                 queue_delay: QueueDelayMonitor | None = None, max_queue_delay_s: float = 0.0) -> None:
+                 queue_delay: QueueDelayMonitor | None = None, max_queue_delay_s: float = 0.0,
+                 per_turn: int = 1) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.metrics = metrics
         self.queue_delay = queue_delay
         self.max_queue_delay_s = max_queue_delay_s
+        self.gate = TurnGate(per_turn)
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -193,6 +263,7 @@ class LoadSheddingMiddleware:
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
         try:
+            await self.gate.wait_turn()
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
