@@ -692,7 +692,7 @@ async def test_a_burst_is_refused_before_the_admitted_requests_do_their_work() -
     (a cached customer's scores never yield): never more than one in flight, none refused, and
     the whole burst's work done before anything else (a refusal waited ~0.5 s at 1,024 clients)."""
     from crmscore.serving.api.metrics import ServiceMetrics
-    from crmscore.serving.api.middleware import LoadSheddingMiddleware
+    from crmscore.serving.api.middleware import Admission, LoadSheddingMiddleware
 
     events: list[str] = []
 
@@ -713,14 +713,15 @@ async def test_a_burst_is_refused_before_the_admitted_requests_do_their_work() -
 
         return shedding(scope, receive, send)
 
-    shedding = LoadSheddingMiddleware(scores, max_in_flight=3, metrics=ServiceMetrics())
+    admission = Admission(max_in_flight=3, metrics=ServiceMetrics())
+    shedding = LoadSheddingMiddleware(scores, admission)
     await asyncio.gather(*(request(k) for k in range(7)))  # first steps all in one iteration
     assert events == [
         "work /0", "200 /0",  # nobody waiting, the turn unused: served at once
         "503 /4", "503 /5", "503 /6",  # /1, /2, /3 admitted and waiting: 3 in flight
         "work /1", "200 /1", "work /2", "200 /2", "work /3", "200 /3",  # then one per iteration
     ]
-    assert shedding.in_flight == 0 and shedding.gate.waiting == 0
+    assert admission.in_flight == 0 and admission.gate.waiting == 0
 
 
 async def test_the_turn_gate_lets_one_request_start_per_loop_iteration_first_come_first_served() -> None:
@@ -758,16 +759,14 @@ async def test_the_turn_gate_lets_one_request_start_per_loop_iteration_first_com
 async def test_the_queue_delay_is_watched_only_when_asked() -> None:
     """In-process callers (tests, notebooks) run their own code on the app's loop: not watched."""
     from crmscore.serving.api.app import create_app
-    from crmscore.serving.api.middleware import LoadSheddingMiddleware
 
-    def shedding(app: Any) -> Any:
-        return next(m for m in app.user_middleware if m.cls is LoadSheddingMiddleware)
+    def watched(app: Any) -> Any:
+        return app.state.service.admission.queue_delay
 
     settings = ServingSettings(max_queue_delay_ms=250)
-    assert shedding(create_app(settings)).kwargs["queue_delay"] is None
-    assert shedding(create_app(settings, watch_queue_delay=True)).kwargs["queue_delay"] is not None
-    assert shedding(create_app(settings.model_copy(update={"max_queue_delay_ms": 0}), watch_queue_delay=True)
-                    ).kwargs["queue_delay"] is None
+    assert watched(create_app(settings)) is None
+    assert watched(create_app(settings, watch_queue_delay=True)) is not None
+    assert watched(create_app(settings.model_copy(update={"max_queue_delay_ms": 0}), watch_queue_delay=True)) is None
 
 
 async def test_queue_delay_monitor_reads_how_far_behind_the_loop_is() -> None:
