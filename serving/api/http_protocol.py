@@ -1,17 +1,18 @@
 """uvicorn's httptools protocol, refusing overload before a request reaches the app (``crmscore serve``).
 
-A refusal through the ASGI stack costs about as much server time as the work it spares a
-cheap request: uvicorn builds the scope, a request-response cycle and a task, the task runs the
-middleware, and the response goes back through uvicorn's ``send`` (~0.1 ms of the event loop
-per refusal, measured). Under overload the clients refused come back at once, so refusals at
-that price take the loop from the requests it admitted (1,024 closed-loop clients: 99.8% of
-the requests refused, 18 served per second). :func:`shedding_protocol` makes a protocol that
-takes :class:`~crmscore.serving.api.middleware.Admission`'s decision as soon as a request's
-headers are parsed: a refusal is written straight to the transport, with the same status,
-headers and JSON body as the middleware's, and no task is made; an admitted request is
-counted in flight there and then (so the next request parsed in the same read sees it) and
-goes on to the app, whose :class:`~crmscore.serving.api.middleware.LoadSheddingMiddleware`
-knows it is admitted already (``scope["state"][ADMITTED_KEY]``).
+A refusal through the ASGI stack waits its turn on the event loop behind the work of every
+request read before it: a cached customer's scores are computed without yielding, so the
+requests read in one iteration all run in the next, one after another, and never more than one
+is in flight (1,024 closed-loop clients: refusal p99 ~0.5 s, benchmarks/reload.py).
+:func:`shedding_protocol` makes a protocol that takes
+:class:`~crmscore.serving.api.middleware.Admission`'s decision as soon as a request's headers
+are parsed: an admitted request is counted in flight there and then, so the next request parsed
+in the same read sees it, and goes on to the app, whose
+:class:`~crmscore.serving.api.middleware.LoadSheddingMiddleware` knows it is admitted already
+(``scope["state"][ADMITTED_KEY]``); past ``max_in_flight`` the 503 (the middleware's status,
+``Retry-After`` and JSON body) is written straight to the transport, in the same read, and no
+task is made. So the work of one iteration is bounded by ``max_in_flight`` requests and a
+refusal waits for at most that, and the refusal costs a fraction of the ASGI path.
 
 Only requests the protocol can answer on its own are refused here: no body (no
 ``Content-Length`` above 0, no ``Transfer-Encoding``), no upgrade, a path in origin form outside

@@ -4,12 +4,15 @@
   response), records Prometheus counts and latency by *route template* (never the raw path,
   which holds customer ids), and turns an unhandled exception into a JSON 500 carrying the
   request id, logged once as our bug.
-* :class:`LoadSheddingMiddleware` answers 503 with ``Retry-After`` at once when more than
-  ``max_in_flight`` requests are being processed, or when the request has waited longer than
-  ``max_queue_delay`` for the event loop (:class:`QueueDelayMonitor`): a cached customer's
-  scores are computed without yielding, so under overload requests queue in front of the loop,
-  never in flight, and only their wait shows it. Health, metrics and admin endpoints are never
-  shed (probes must answer, an operator must be able to reload an overloaded server).
+* :class:`LoadSheddingMiddleware` answers 503 with ``Retry-After`` at once when
+  :class:`Admission` says so: ``max_in_flight`` requests admitted and not yet answered, or the
+  request has waited longer than ``max_queue_delay`` for the event loop
+  (:class:`QueueDelayMonitor`). A cached customer's scores are computed without yielding, so
+  counted here, requests would never be more than one in flight; ``crmscore serve`` therefore
+  takes the same decision earlier, in uvicorn's HTTP protocol as each request is parsed
+  (:mod:`crmscore.serving.api.http_protocol`), and the middleware only passes on what that
+  admitted. Health, metrics and admin endpoints are never shed (probes must answer, an operator
+  must be able to reload an overloaded server).
 * :class:`BodySizeLimitMiddleware` reads the request body before routing, up to the limit:
   a ``Content-Length`` over the limit, or a chunked body that grows past it, gets 413 without
   reading further. The body read is then replayed to the app.
@@ -21,7 +24,6 @@ holds for every route, including ones that never read the body.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
@@ -165,72 +167,6 @@ class QueueDelayMonitor:
         return max(0.0, asyncio.get_running_loop().time() - self._due)
 
 
-class TurnGate:
-    """At most ``per_turn`` requests start their work per event-loop iteration; the others wait
-    their turn, first come first served.
-
-    A cached customer's scores are computed without yielding, so without the gate every request
-    parsed in one iteration runs its work in the next, one after another: under overload that
-    iteration grows to hundreds of milliseconds, and never more than one request is in flight,
-    so ``max_in_flight`` never refuses anything. A refusal decided in such an iteration comes
-    after the work of every request read before it, and with uvloop (uvicorn's loop when it is
-    installed) it is not even written before the iteration ends: uvloop writes an iteration's
-    responses at its end. With the gate an iteration holds at most ``per_turn`` requests' work
-    besides the cheap admission checks of the requests just read, so a refusal is on the wire
-    within about one request's work of being read, and the admitted requests wait in the gate's
-    queue, counted in flight and so bounded by ``max_in_flight``, instead of in front of the
-    loop. A request that finds nobody waiting and the turn not used up goes through without
-    yielding.
-    """
-
-    def __init__(self, per_turn: int = 1) -> None:
-        if per_turn < 1:
-            raise ValueError(f"per_turn must be a positive number of requests; got {per_turn}")
-        self.per_turn = per_turn
-        self._started = 0  # requests let through since the last turn began
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._turn_scheduled = False
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for their turn."""
-        return len(self._waiting)
-
-    async def wait_turn(self) -> None:
-        """Return when the caller may start its work: at once if the turn has room, else in FIFO order."""
-        if not self._waiting and self._started < self.per_turn:
-            self._started += 1
-            self._next_turn_soon()
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        self._next_turn_soon()
-        try:
-            await future
-        except asyncio.CancelledError:
-            if not future.done():
-                self._waiting.remove(future)
-            raise
-
-    def _next_turn_soon(self) -> None:
-        if not self._turn_scheduled:
-            self._turn_scheduled = True
-            asyncio.get_running_loop().call_soon(self._turn)
-
-    def _turn(self) -> None:
-        """Once per loop iteration while anyone waits: let the next ``per_turn`` through (each
-        resumes in the next iteration)."""
-        self._turn_scheduled = False
-        self._started = 0
-        while self._waiting and self._started < self.per_turn:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_result(None)
-                self._started += 1
-        if self._waiting or self._started:
-            self._next_turn_soon()
-
-
 #: the ``scope["state"]`` key by which the HTTP protocol of ``crmscore serve`` tells the
 #: middleware that it has already admitted the request (and counted it in flight)
 ADMITTED_KEY = "crmscore_admitted"
@@ -244,21 +180,18 @@ class Admission:
     Parameters
     ----------
     max_in_flight : int
-        Requests admitted at once (working, or waiting their turn at the :class:`TurnGate`).
+        Requests admitted and not yet answered.
     metrics : ServiceMetrics
     queue_delay : QueueDelayMonitor, optional
         Also refuse while the event loop is more than ``max_queue_delay_s`` behind (0 = no limit).
-    per_turn : int
-        Admitted requests that start their work per loop iteration (:class:`TurnGate`).
     """
 
     def __init__(self, max_in_flight: int, metrics: ServiceMetrics, queue_delay: QueueDelayMonitor | None = None,
-                 max_queue_delay_s: float = 0.0, per_turn: int = 1) -> None:
+                 max_queue_delay_s: float = 0.0) -> None:
         self.max_in_flight = max_in_flight
         self.metrics = metrics
         self.queue_delay = queue_delay
         self.max_queue_delay_s = max_queue_delay_s
-        self.gate = TurnGate(per_turn)
         self.in_flight = 0
 
     def refusal(self) -> str | None:
@@ -286,8 +219,7 @@ def refusal_body(why: str, request_id: str | None) -> dict[str, Any]:
 
 class LoadSheddingMiddleware:
     """503 + Retry-After when :meth:`Admission.refusal` says so: ``max_in_flight`` requests
-    already admitted (working or waiting their turn), or the event loop too far behind.
-    Admitted requests start their work when the :class:`TurnGate` lets them."""
+    already admitted and not answered, or the event loop too far behind."""
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
@@ -306,7 +238,6 @@ class LoadSheddingMiddleware:
                 return
             admission.admit()
         try:
-            await admission.gate.wait_turn()
             await self.app(scope, receive, send)
         finally:
             admission.release()

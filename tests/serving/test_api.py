@@ -685,75 +685,86 @@ async def test_requests_that_waited_too_long_for_the_loop_are_shed(api: Any, env
         assert (await client.get(path_of(env.ids[6]), headers=reader)).status_code == 200
 
 
-async def test_a_burst_is_refused_before_the_admitted_requests_do_their_work() -> None:
-    """Requests read in one loop iteration: up to max_in_flight are admitted and wait their turn
-    (one per iteration), the rest are refused in that same iteration, so their 503s are not
-    written after the backlog's work. Without the turn gate each request ran to the end in turn
-    (a cached customer's scores never yield): never more than one in flight, none refused, and
-    the whole burst's work done before anything else (a refusal waited ~0.5 s at 1,024 clients)."""
+class _Transport:
+    """What uvicorn's HTTP protocol needs of a transport, recording what is written."""
+
+    def __init__(self) -> None:
+        self.written, self.closed = b"", False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def test_serve_refuses_overload_as_soon_as_the_headers_are_parsed() -> None:
+    """crmscore serve's HTTP protocol decides while it parses: of the requests read at once, up
+    to max_in_flight are admitted (counted in flight before any of them runs) and the others
+    get their 503 written during the read itself, before any admitted request has done its
+    work. Through the ASGI stack a refusal waited for the work of every request read before it
+    (a cached customer's scores never yield): ~0.5 s at 1,024 clients."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from crmscore.serving.api.http_protocol import shedding_protocol
     from crmscore.serving.api.metrics import ServiceMetrics
     from crmscore.serving.api.middleware import Admission, LoadSheddingMiddleware
 
-    events: list[str] = []
+    worked: list[str] = []
 
-    async def scores(scope: dict, receive: Any, send: Any) -> None:  # computes without yielding
-        events.append(f"work {scope['path']}")
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+    async def scores(scope: dict, receive: Any, send: Any) -> None:
+        worked.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
+    admission = Admission(max_in_flight=2, metrics=ServiceMetrics())
+    config = Config(app=LoadSheddingMiddleware(scores, admission), log_config=None, proxy_headers=False)
+    config.load()
+    protocol, state = shedding_protocol(admission), ServerState()
+    connections = [protocol(config, state, {}) for _ in range(5)]
+    transports = [_Transport() for _ in connections]
+    for connection, transport in zip(connections, transports, strict=True):
+        connection.connection_made(transport)  # type: ignore[arg-type]
 
-    def request(k: int) -> Any:
-        scope = {"type": "http", "method": "GET", "path": f"/{k}", "headers": []}
+    def get(k: int, path: str, extra: str = "") -> None:
+        connections[k].data_received(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
 
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                events.append(f"{message['status']} /{k}")
+    for k in range(3):
+        get(k, f"/v1/customers/{k}/scores")
+    get(3, "/health/ready")  # never shed
+    get(4, "/v1/customers/4/scores", "X-Request-ID: abc-4\r\nConnection: close\r\n")
+    # nothing has run yet: two admitted, and the refusals already written
+    assert worked == [] and admission.in_flight == 2
+    assert transports[0].written == transports[1].written == transports[3].written == b""
+    for k, request_id in ((2, None), (4, "abc-4")):
+        head, _, body = transports[k].written.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 1" in head
+        refused = json.loads(body)
+        assert refused["detail"] == "server overloaded: 2 requests in flight (limit 2); retry shortly"
+        assert request_id is None or refused["request_id"] == request_id
+    assert not transports[2].closed and transports[4].closed  # kept alive unless asked otherwise
+    assert b"crmscore_http_requests_shed_total 2.0" in admission.metrics.render()
 
-        return shedding(scope, receive, send)
-
-    admission = Admission(max_in_flight=3, metrics=ServiceMetrics())
-    shedding = LoadSheddingMiddleware(scores, admission)
-    await asyncio.gather(*(request(k) for k in range(7)))  # first steps all in one iteration
-    assert events == [
-        "work /0", "200 /0",  # nobody waiting, the turn unused: served at once
-        "503 /4", "503 /5", "503 /6",  # /1, /2, /3 admitted and waiting: 3 in flight
-        "work /1", "200 /1", "work /2", "200 /2", "work /3", "200 /3",  # then one per iteration
-    ]
-    assert admission.in_flight == 0 and admission.gate.waiting == 0
-
-
-async def test_the_turn_gate_lets_one_request_start_per_loop_iteration_first_come_first_served() -> None:
-    from crmscore.serving.api.middleware import TurnGate
-
-    iteration = [0]
-
-    def tick() -> None:  # counts loop iterations: re-armed once per iteration
-        iteration[0] += 1
-        loop.call_soon(tick)
-
-    loop = asyncio.get_running_loop()
-    loop.call_soon(tick)
-    await asyncio.sleep(0)
-    gate, started = TurnGate(per_turn=1), []
-
-    async def one(k: int) -> None:
-        await gate.wait_turn()
-        started.append((k, iteration[0]))
-
-    await asyncio.gather(*(one(k) for k in range(5)))
-    assert [k for k, _ in started] == [0, 1, 2, 3, 4]
-    at = [it for _, it in started]
-    assert all(later > earlier for earlier, later in zip(at, at[1:], strict=False)), at
-    with pytest.raises(ValueError, match="^per_turn must be a positive number of requests; got 0$"):
-        TurnGate(per_turn=0)
-    # a waiter cancelled before its turn leaves the queue; the others still get theirs
-    waiters = [asyncio.create_task(one(k)) for k in (10, 11, 12)]
-    await asyncio.sleep(0)
-    waiters[1].cancel()
-    await asyncio.gather(*waiters, return_exceptions=True)
-    assert [k for k, _ in started[5:]] == [10, 12] and gate.waiting == 0
+    while len(state.tasks):
+        await asyncio.sleep(0.01)
+    assert worked == ["/v1/customers/0/scores", "/v1/customers/1/scores", "/health/ready"]
+    assert admission.in_flight == 0
+    assert all(t.written.startswith(b"HTTP/1.1 200 ") for t in (transports[0], transports[1], transports[3]))
+    get(2, "/v1/customers/2/scores")  # the refused connection is served once there is room
+    while len(state.tasks):
+        await asyncio.sleep(0.01)
+    assert transports[2].written.count(b"HTTP/1.1 200 ") == 1 and worked[-1] == "/v1/customers/2/scores"
 
 
 async def test_the_queue_delay_is_watched_only_when_asked() -> None:
