@@ -56,8 +56,10 @@ class ServingSettings(BaseSettings):
     max_batch : int
         Most customers in one ``POST /v1/scores`` (1 to 1,000; default 1,000).
     max_in_flight : int
-        Requests processed at once (health and metrics excluded); beyond it the server answers
-        503 with ``Retry-After`` at once instead of queueing.
+        Requests admitted and not yet answered (health, metrics and admin excluded); beyond it
+        the server answers 503 with ``Retry-After`` at once instead of queueing. ``crmscore
+        serve`` counts a request from the moment its headers are parsed, so this also bounds the
+        work the event loop does before it reads again, and so how long a refusal waits.
     max_queue_delay_ms : int
         ``crmscore serve``: a request that has waited longer than this for the event loop gets
         503 with ``Retry-After`` at once (0 = never); default 250 ms, about 20 times the p99 of

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from crmscore.serving.api.deps import ServiceState
 from crmscore.serving.api.metrics import ServiceMetrics
 from crmscore.serving.api.middleware import (
+    Admission,
     BodySizeLimitMiddleware,
     LoadSheddingMiddleware,
     QueueDelayMonitor,
@@ -113,6 +114,8 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
     )
 
     queue_delay = QueueDelayMonitor() if watch_queue_delay and settings.max_queue_delay_ms > 0 else None
+    state.admission = Admission(settings.max_in_flight, service_metrics, queue_delay=queue_delay,
+                                max_queue_delay_s=settings.max_queue_delay_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -157,8 +160,7 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(LoadSheddingMiddleware, max_in_flight=settings.max_in_flight, metrics=service_metrics,
-                       queue_delay=queue_delay, max_queue_delay_s=settings.max_queue_delay_ms / 1000)
+    app.add_middleware(LoadSheddingMiddleware, admission=state.admission)
     app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
     return app
 
@@ -196,7 +198,9 @@ def run_server(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8
         reload reaches only the worker that answers it: prefer one worker per replica.
 
     uvicorn's access log is off (paths hold customer ids); requests are counted in ``/metrics``
-    by route template.
+    by route template. With one worker, load shedding refuses in uvicorn's HTTP protocol, before
+    a request costs a task (:mod:`crmscore.serving.api.http_protocol`); with more, in the
+    middleware only.
     """
     import uvicorn
 
@@ -212,7 +216,11 @@ def run_server(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8
         "timeout_graceful_shutdown": 10,
     }
     if workers == 1:
-        uvicorn.run(create_app(settings, watch_queue_delay=True), **options)
+        from crmscore.serving.api.http_protocol import shedding_protocol
+
+        app = create_app(settings, watch_queue_delay=True)
+        # overload is refused as soon as a request's headers are parsed (docs/reliability.md)
+        uvicorn.run(app, http=shedding_protocol(app.state.service.admission), **options)
         return
     os.environ.update(_settings_env(settings))
     uvicorn.run("crmscore.serving.api.app:create_app_from_env", factory=True, workers=workers, **options)

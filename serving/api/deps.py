@@ -15,6 +15,7 @@ from fastapi.security import APIKeyHeader
 
 from crmscore.bundle import ModelKind
 from crmscore.serving.api.metrics import ServiceMetrics
+from crmscore.serving.api.middleware import Admission
 from crmscore.serving.registry import BundleHolder, LoadError, ServingBundle
 from crmscore.serving.security import ApiKey, KeyStore, Scope
 from crmscore.serving.settings import ServingSettings
@@ -40,6 +41,8 @@ class ServiceState:
     metrics: ServiceMetrics
     #: bounds the threads doing expensive per-request work (set in the lifespan)
     compute: anyio.CapacityLimiter | None = field(default=None)
+    #: admits or refuses requests (load shedding; set by create_app)
+    admission: Admission | None = field(default=None)
 
     async def run_compute(self, func, *args):  # type: ignore[no-untyped-def]
         """Run blocking work (TreeSHAP, inline scoring) in a worker thread, a few at a time."""

@@ -4,12 +4,15 @@
   response), records Prometheus counts and latency by *route template* (never the raw path,
   which holds customer ids), and turns an unhandled exception into a JSON 500 carrying the
   request id, logged once as our bug.
-* :class:`LoadSheddingMiddleware` answers 503 with ``Retry-After`` at once when more than
-  ``max_in_flight`` requests are being processed, or when the request has waited longer than
-  ``max_queue_delay`` for the event loop (:class:`QueueDelayMonitor`): a cached customer's
-  scores are computed without yielding, so under overload requests queue in front of the loop,
-  never in flight, and only their wait shows it. Health, metrics and admin endpoints are never
-  shed (probes must answer, an operator must be able to reload an overloaded server).
+* :class:`LoadSheddingMiddleware` answers 503 with ``Retry-After`` at once when
+  :class:`Admission` says so: ``max_in_flight`` requests admitted and not yet answered, or the
+  request has waited longer than ``max_queue_delay`` for the event loop
+  (:class:`QueueDelayMonitor`). A cached customer's scores are computed without yielding, so
+  counted here, requests would never be more than one in flight; ``crmscore serve`` therefore
+  takes the same decision earlier, in uvicorn's HTTP protocol as each request is parsed
+  (:mod:`crmscore.serving.api.http_protocol`), and the middleware only passes on what that
+  admitted. Health, metrics and admin endpoints are never shed (probes must answer, an operator
+  must be able to reload an overloaded server).
 * :class:`BodySizeLimitMiddleware` reads the request body before routing, up to the limit:
   a ``Content-Length`` over the limit, or a chunked body that grows past it, gets 413 without
   reading further. The body read is then replayed to the app.
@@ -164,46 +167,80 @@ class QueueDelayMonitor:
         return max(0.0, asyncio.get_running_loop().time() - self._due)
 
 
-class LoadSheddingMiddleware:
-    """503 + Retry-After when ``max_in_flight`` requests are already being processed, or when
-    the event loop is more than ``max_queue_delay_s`` behind (``queue_delay``; 0 = no limit)."""
+#: the ``scope["state"]`` key by which the HTTP protocol of ``crmscore serve`` tells the
+#: middleware that it has already admitted the request (and counted it in flight)
+ADMITTED_KEY = "crmscore_admitted"
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, metrics: ServiceMetrics,
-                 queue_delay: QueueDelayMonitor | None = None, max_queue_delay_s: float = 0.0) -> None:
-        self.app = app
+
+class Admission:
+    """Whether a request may start now, and how many are admitted: the one decision that
+    :class:`LoadSheddingMiddleware` takes and, under ``crmscore serve``, the HTTP protocol
+    (:mod:`crmscore.serving.api.http_protocol`) takes first, before a request costs a task.
+
+    Parameters
+    ----------
+    max_in_flight : int
+        Requests admitted and not yet answered.
+    metrics : ServiceMetrics
+    queue_delay : QueueDelayMonitor, optional
+        Also refuse while the event loop is more than ``max_queue_delay_s`` behind (0 = no limit).
+    """
+
+    def __init__(self, max_in_flight: int, metrics: ServiceMetrics, queue_delay: QueueDelayMonitor | None = None,
+                 max_queue_delay_s: float = 0.0) -> None:
         self.max_in_flight = max_in_flight
         self.metrics = metrics
         self.queue_delay = queue_delay
         self.max_queue_delay_s = max_queue_delay_s
         self.in_flight = 0
 
+    def refusal(self) -> str | None:
+        """Why a request arriving now must be refused, or None to admit it."""
+        if self.in_flight >= self.max_in_flight:
+            return f"{self.in_flight} requests in flight (limit {self.max_in_flight})"
+        if self.queue_delay is not None and self.max_queue_delay_s > 0:
+            waited = self.queue_delay.delay()
+            if waited > self.max_queue_delay_s:
+                return f"requests wait {waited * 1000:.0f} ms to start (limit {self.max_queue_delay_s * 1000:.0f} ms)"
+        return None
+
+    def admit(self) -> None:
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+
+
+def refusal_body(why: str, request_id: str | None) -> dict[str, Any]:
+    return {"detail": f"server overloaded: {why}; retry shortly", "request_id": request_id}
+
+
+class LoadSheddingMiddleware:
+    """503 + Retry-After when :meth:`Admission.refusal` says so: ``max_in_flight`` requests
+    already admitted and not answered, or the event loop too far behind."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(UNLIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.max_in_flight:
-            await self._shed(scope, send, f"{self.in_flight} requests in flight (limit {self.max_in_flight})")
-            return
-        if self.queue_delay is not None and self.max_queue_delay_s > 0:
-            waited = self.queue_delay.delay()
-            if waited > self.max_queue_delay_s:
-                await self._shed(scope, send, f"requests wait {waited * 1000:.0f} ms to start "
-                                              f"(limit {self.max_queue_delay_s * 1000:.0f} ms)")
+        admission = self.admission
+        if not scope.get("state", {}).get(ADMITTED_KEY):  # else admitted by the HTTP protocol already
+            why = admission.refusal()
+            if why is not None:
+                admission.metrics.shed.inc()
+                await send_json(send, 503, refusal_body(why, request_id_of(scope)), [(b"retry-after", b"1")])
                 return
-        self.in_flight += 1
-        self.metrics.in_flight.set(self.in_flight)
+            admission.admit()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.set(self.in_flight)
-
-    async def _shed(self, scope: Scope, send: Send, why: str) -> None:
-        self.metrics.shed.inc()
-        await send_json(send, 503, {
-            "detail": f"server overloaded: {why}; retry shortly",
-            "request_id": request_id_of(scope),
-        }, [(b"retry-after", b"1")])
+            admission.release()
 
 
 class BodySizeLimitMiddleware:
