@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from crmscore.bundle import ModelKind
 from crmscore.training.config import TrainConfig
-from crmscore.training.train import FeatureSet, booster_categorical, fit_bundle, fit_bundle_cv, new_bundle
+from crmscore.training.train import (
+    FeatureSet,
+    booster_categorical,
+    fit_bundle,
+    fit_bundle_cv,
+    new_bundle,
+)
 
 WINTER = (12, 1, 2)
 
