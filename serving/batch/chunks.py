@@ -94,7 +94,7 @@ def score_chunk(
 
 
 def place_chunk(
-    models: ModelSet,
+    models: ModelSet | None,
     scores: pd.DataFrame,
     policy: Policy,
     cutoffs: Cutoffs,
@@ -105,13 +105,13 @@ def place_chunk(
 ) -> pd.DataFrame:
     """Pass 2 on a chunk: portfolio placement, and reasons of triggered-action customers.
 
-    ``snapshot`` holds the same customers' features in the same order (needed only with
-    ``reasons="actions"``).
+    ``models`` and ``snapshot`` (the same customers' features in the same order) are needed
+    only with ``reasons="actions"``.
     """
     placed = assign_portfolio(scores.reset_index(drop=True), policy, cutoffs)
     if reasons is ReasonsMode.ACTIONS and len(placed):
-        if snapshot is None:
-            raise ValueError("reasons='actions' needs the snapshot rows of the chunk")
+        if snapshot is None or models is None:
+            raise ValueError("reasons='actions' needs the models and the snapshot rows of the chunk")
         codes = placed["action_codes"].fillna("").astype(str)
         wanted = np.zeros(len(placed), dtype=bool)
         for code in TRIGGERED_ACTIONS:
@@ -158,8 +158,8 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             columns[col] = s
     # one frame built from the columns: assigning them one by one into a copy re-copies blocks
-    out = pd.DataFrame(columns, index=frame.index)
-    if "as_of" in out.columns:
+    out = pd.DataFrame(columns, index=frame.index, copy=False)
+    if "as_of" in out.columns and out["as_of"].dtype != "datetime64[ns]":
         out["as_of"] = pd.to_datetime(out["as_of"]).astype("datetime64[ns]")
     return out
 

@@ -58,6 +58,11 @@ def score_base(
 
     Output: one row per customer with the four models' scores, CLV, current value, future
     potential, quadrant, flags, actions and reason codes, plus the model and policy versions.
+
+    With more than one worker the local engine places customers in worker processes (started
+    by a ``forkserver``), so a script that calls this must guard its entry point with
+    ``if __name__ == "__main__":``, as for any use of :mod:`multiprocessing`; notebooks and
+    ``crmscore score`` need nothing.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")

@@ -12,12 +12,20 @@ A rerun skips finished parts. Pass 2 places the scored chunks in order straight 
 temporary file beside the output, renamed into place only when every chunk is in, with the
 cut-offs in its Parquet metadata; then the work folder is removed.
 
-Both passes run ``workers`` chunks at a time (threads, one per core by default), each chunk's
-``Booster.predict`` on ``num_threads / workers`` threads. LightGBM's predict and Arrow's
-Parquet I/O release the GIL, so while one chunk predicts another is placed: one chunk at a
-time left a core idle during the Python part of the work, most of the job once the boosters
-were lean (docs/benchmarks.md, "benchmarks/batch.py"). Each worker scores with its own copy of
-the models, since LightGBM's predictor set-up writes to the booster (LightGBM issue #6142).
+Both passes run ``workers`` chunks at a time (one per core by default), each chunk's
+``Booster.predict`` on ``num_threads / workers`` threads:
+
+* pass 1 in threads: LightGBM's predict and Arrow's Parquet I/O release the GIL, so while one
+  chunk predicts another is encoded or written. Each thread scores with its own copy of the
+  models, since LightGBM's predictor set-up writes to the booster (LightGBM issue #6142);
+* pass 2 in worker processes: placement builds every customer's reasons and actions as
+  Python strings, which hold the GIL, so threads placed one chunk at a time whatever the
+  cores (the batch benchmark measured the job at 1.67 cores of 2). The processes come from a
+  ``forkserver`` (one fresh interpreter that imports crmscore once, then forks a worker per
+  core): forking the job's own process would copy LightGBM's OpenMP state, which GNU OpenMP
+  does not survive. They read the scores parts and return Arrow tables; the job process alone
+  writes. One worker places in the job's own process.
+
 Memory is bounded by ``2 x workers`` chunks in flight.
 """
 
@@ -27,13 +35,16 @@ import functools
 import hashlib
 import json
 import logging
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import shutil
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -115,12 +126,15 @@ def _run_in_order(
     workers: int,
     phase: str,
     progress: Progress | None,
+    pool: Callable[[], Executor] | None = None,
 ) -> None:
     """Run the chunk tasks, ``workers`` at a time (inline for one), and hand each result to
     ``consume`` in the order of the tasks, reporting progress.
 
-    At most ``2 x workers`` tasks are in flight (each holds a chunk), so memory stays bounded;
-    the first error cancels what has not started and is raised once the running tasks end.
+    ``pool`` makes the executor (default: ``workers`` threads); a process pool needs tasks
+    that pickle. At most ``2 x workers`` tasks are in flight (each holds a chunk), so memory
+    stays bounded; the first error cancels what has not started and is raised once the
+    running tasks end.
     """
     done = 0
 
@@ -135,19 +149,81 @@ def _run_in_order(
         for task in tasks:
             take(task())
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix=f"crmscore-{phase}") as pool:
+    make_pool = pool or functools.partial(ThreadPoolExecutor, workers, thread_name_prefix=f"crmscore-{phase}")
+    with make_pool() as executor:
         pending: deque[Future[T]] = deque()
         try:
             for task in tasks:
                 if len(pending) >= 2 * workers:
                     take(pending.popleft().result())
-                pending.append(pool.submit(task))
+                pending.append(executor.submit(task))
             while pending:
                 take(pending.popleft().result())
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Pass 2 on chunk ``i``: everything it needs, picklable for the worker processes."""
+
+    work: Path
+    policy: Policy
+    cutoffs: Cutoffs
+    reasons: ReasonsMode
+    threads: int
+    models: ModelSet | None  # only reasons="actions" needs them (TreeSHAP)
+
+    def __call__(self, i: int, features: pd.DataFrame | None) -> pa.Table:
+        # text as Arrow-backed strings, the dtype normalise writes: not converted again
+        scores = pq.read_table(self.work / f"scores-{i:05d}.parquet").to_pandas(types_mapper=ARROW_STRINGS.get)
+        placed = place_chunk(self.models, scores, self.policy, self.cutoffs, self.reasons, features,
+                             num_threads=self.threads)
+        return to_arrow(placed)
+
+
+_placement: _Placement | None = None  # a worker process's, set once by its initializer
+
+
+def _start_placer(placement: bytes) -> None:
+    global _placement
+    _placement = pickle.loads(placement)
+
+
+def _place_in_worker(i: int, features: pd.DataFrame | None) -> Path:
+    """Place chunk ``i`` and hand it over as an Arrow IPC file in the work folder: the job
+    process maps it without a copy, where a pickled table through a pipe cost it ~0.3 CPU-s
+    a chunk of 100k (three copies of ~100 MB), a third of what placing the chunk costs."""
+    assert _placement is not None, "a placement worker runs only after _start_placer"
+    table = _placement(i, features)
+    path = _placement.work / f"placed-{i:05d}.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as ipc:
+        ipc.write_table(table)
+    return path
+
+
+def _read_placed(path: Path) -> pa.Table:
+    """A worker's placed chunk, mapped, not read; the file is removed (the mapping keeps it)."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    path.unlink()
+    return table
+
+
+def _forkserver() -> multiprocessing.context.BaseContext:
+    """The forkserver context, its server started now: it imports crmscore (seconds) while
+    pass 1 runs, instead of between the passes. One server per job process, reused."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # imported once, in the server, not per worker
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+def _placement_pool(placement: _Placement, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=_forkserver(), initializer=_start_placer,
+                               initargs=(pickle.dumps(placement),))
 
 
 def _nothing() -> None:
@@ -167,7 +243,9 @@ class _OrderedWriter:
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, placed: pa.Table | Path) -> None:
+        """Append a placed chunk: a table, or a worker's IPC file (removed once read)."""
+        table = placed if isinstance(placed, pa.Table) else _read_placed(placed)
         if self._writer is None:
             self._schema = with_metadata(table.schema.empty_table(), self.cutoffs, self.policy).schema
             self._writer = pq.ParquetWriter(self.path, self._schema, compression="zstd")
@@ -255,6 +333,8 @@ def run_local(
     for column in carry[1]:
         logger.warning("policy flag column %r is not in the snapshot: that flag is False for every customer", column)
     as_of = (snapshot_schema.metadata or {}).get(AS_OF_KEY)
+    if workers > 1:
+        _forkserver()  # pass 2's worker processes: warm up in the background
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         _prepare_workdir(work, manifest)
@@ -287,21 +367,20 @@ def run_local(
         # order into the output's temporary file: placed chunks are not kept as parts, so a
         # run killed in this pass places again from the scores (seconds, against the minutes
         # of pass 1), and the output is written once instead of written, read and rewritten.
-        def place_part(i: int, features: pd.DataFrame | None) -> pa.Table:
-            # text as Arrow-backed strings, the dtype normalise writes: not converted again
-            scores = pq.read_table(work / f"scores-{i:05d}.parquet").to_pandas(types_mapper=ARROW_STRINGS.get)
-            placed = place_chunk(own.get(), scores, policy, cutoffs, reasons, features, num_threads=threads)
-            return to_arrow(placed)
+        wants_models = reasons is ReasonsMode.ACTIONS
+        placement = _Placement(work, policy, cutoffs, reasons, threads, models if wants_models else None)
+        place = placement if workers == 1 else _place_in_worker
 
-        def place_tasks() -> Iterator[Callable[[], pa.Table]]:
-            snapshot_chunks = iter_chunks(snapshot_path, chunk_rows) if reasons is ReasonsMode.ACTIONS else None
+        def place_tasks() -> Iterator[Callable[[], pa.Table | Path]]:
+            snapshot_chunks = iter_chunks(snapshot_path, chunk_rows) if wants_models else None
             for i in range(n_chunks):
                 features = next(snapshot_chunks) if snapshot_chunks is not None else None
-                yield functools.partial(place_part, i, features)
+                yield functools.partial(place, i, features)
 
         tmp_out = out_path.parent / f".{out_path.name}.tmp"
         with _OrderedWriter(tmp_out, cutoffs, policy) as writer:
-            _run_in_order(place_tasks(), writer.write, n_chunks, workers, "place", progress)
+            _run_in_order(place_tasks(), writer.write, n_chunks, workers, "place", progress,
+                          pool=functools.partial(_placement_pool, placement, workers))
         os.replace(tmp_out, out_path)
         shutil.rmtree(work, ignore_errors=True)
     except OSError as exc:
