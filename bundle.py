@@ -23,12 +23,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+# LightGBM (which imports scikit-learn) and MLflow are imported where they are used, not here:
+# they are ~4 of the ~5 CPU-seconds it takes to import this module, which every batch scoring
+# worker process and every command pays (serving/batch/local.py).
 
 BUNDLE_FORMAT = 1
 
@@ -496,6 +501,8 @@ class ModelBundle:
         meta = json.loads(payload["meta"])
         if meta.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{source}: bundle format {meta.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
+        import lightgbm as lgb
+
         booster = lgb.Booster(model_str=payload["booster"])
         sc = meta.get("scorecard")
         scorecard = None
@@ -545,17 +552,33 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-class BundlePyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow ``python_model`` wrapper, so a bundle also works as an ``mlflow.pyfunc`` model
-    (``mlflow models serve``, ``spark_udf``). Input: a customer feature frame; output: a frame
-    of scores named like the batch output (``churn_prob``, ``propensity_<c>``, ...).
-    """
+def _bundle_pyfunc() -> type:
+    import mlflow.pyfunc
 
-    def load_context(self, context: Any) -> None:
-        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+    class BundlePyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow ``python_model`` wrapper, so a bundle also works as an ``mlflow.pyfunc`` model
+        (``mlflow models serve``, ``spark_udf``). Input: a customer feature frame; output: a frame
+        of scores named like the batch output (``churn_prob``, ``propensity_<c>``, ...).
+        """
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return score_frame(self.bundle, model_input)
+        def load_context(self, context: Any) -> None:
+            self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+
+        def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+            return score_frame(self.bundle, model_input)
+
+    # pickled (by MLflow's cloudpickle) as crmscore.bundle.BundlePyfunc, as when it was a
+    # module-level class: logged models load either way
+    BundlePyfunc.__module__, BundlePyfunc.__qualname__ = __name__, "BundlePyfunc"
+    return BundlePyfunc
+
+
+def __getattr__(name: str) -> Any:
+    """``BundlePyfunc`` is made on first use, so importing this module does not import MLflow."""
+    if name == "BundlePyfunc":
+        cls = globals()["BundlePyfunc"] = _bundle_pyfunc()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def output_columns(bundle: ModelBundle) -> list[str]:

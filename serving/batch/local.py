@@ -214,7 +214,10 @@ def _read_placed(path: Path) -> pa.Table:
 
 def _forkserver() -> multiprocessing.context.BaseContext:
     """The forkserver context, its server started now: it imports crmscore (seconds) while
-    pass 1 runs, instead of between the passes. One server per job process, reused."""
+    pass 1 runs, instead of between the passes. One server per job process, reused. Where
+    there is no forkserver (Windows), fresh interpreters (``spawn``)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # imported once, in the server, not per worker
     multiprocessing.forkserver.ensure_running()
