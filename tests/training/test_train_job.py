@@ -45,6 +45,21 @@ def test_four_models_registered_with_champions(trained_models, champions) -> Non
         assert "## Out-of-time evaluation" in card and "data.hash" in card
 
 
+def test_registered_models_load_as_mlflow_pyfunc(trained_models, champions, snapshot) -> None:
+    """``mlflow.pyfunc.load_model`` (what ``mlflow models serve`` and ``spark_udf`` use) scores
+    like the bundle; the pyfunc class is made on first use, so this holds its pickled name.
+    Input in the types of the logged signature (text, not pandas categoricals)."""
+    import mlflow.pyfunc
+
+    from crmscore.bundle import score_frame
+
+    frame = tracking._signature_frame(snapshot.head(50))
+    for kind in (ModelKind.CHURN, ModelKind.PROPENSITY):
+        model = mlflow.pyfunc.load_model(f"models:/{kind.registered_name}@champion")
+        expected = score_frame(champions[kind], snapshot.head(50))
+        pd.testing.assert_frame_equal(model.predict(frame), expected)
+
+
 def test_scores_are_sane(champions, snapshot) -> None:
     churn = champions[ModelKind.CHURN]
     p = churn.predict(churn.encode(snapshot))
