@@ -437,6 +437,13 @@ def _quadrant_index(
 # --- formatting helpers ----------------------------------------------------------------------
 # Reasons and the JSON of actions are built column-wise: one str.join per action and customer
 # over pre-formatted columns, instead of a json.dumps of nested dicts per customer (3x faster).
+# A reason is given in pieces and written into its JSON string as it is joined, instead of
+# built as a string first and escaped again (a third of the placement's time at 100k rows).
+# The per-row pieces are JSON-safe as made: numbers (_money, _pct) and fixed English text,
+# or text from the data escaped once per distinct value (_escaped).
+
+#: a reason's text: constants (escaped when written) and per-row columns already JSON-safe
+Text = Sequence["str | ObjectArray"]
 
 
 def _money(x: FloatArray) -> ObjectArray:
@@ -446,6 +453,19 @@ def _money(x: FloatArray) -> ObjectArray:
 
 def _pct(x: FloatArray) -> ObjectArray:
     return _objects([f"{v:.1%}" for v in x.tolist()])
+
+
+def _esc(text: str) -> str:
+    """``text`` escaped for the inside of a JSON string."""
+    return str(encode_basestring(text)[1:-1])
+
+
+def _escaped(values: npt.NDArray[Any]) -> ObjectArray:
+    """Text from the data (category names) escaped for the inside of a JSON string, each
+    distinct value once."""
+    texts = values.astype(str).tolist()
+    escaped = {t: _esc(t) for t in set(texts)}
+    return _objects([escaped[t] for t in texts])
 
 
 def _objects(values: list[Any]) -> ObjectArray:
@@ -475,17 +495,15 @@ class _Encoded:
     values: ObjectArray  # JSON text per row
 
 
-def _action_json(code: str, reasons: ObjectArray, evidence: Mapping[str, Any]) -> list[str]:
-    """JSON objects ``{"code", "reason", "evidence"}``, one per element of ``reasons``.
+def _action_json(code: str, reason: Text, evidence: Mapping[str, Any]) -> list[str]:
+    """JSON objects ``{"code", "reason", "evidence"}``, one per row of the ``reason`` pieces.
 
     An evidence value is a float array (numbers), another array (text), an array already
     encoded (:class:`_Encoded`) or a scalar shared by every row.
     """
-    columns: list[list[str] | str] = [
-        '{"code":' + encode_basestring(code) + ',"reason":',
-        _json_strings(reasons),
-        ',"evidence":{',
-    ]
+    columns: list[list[str] | str] = ['{"code":' + encode_basestring(code) + ',"reason":"']
+    columns += [_esc(piece) if isinstance(piece, str) else piece.tolist() for piece in reason]
+    columns.append('","evidence":{')
     for i, (key, value) in enumerate(evidence.items()):
         columns.append(("," if i else "") + encode_basestring(key) + ":")
         if isinstance(value, _Encoded):
@@ -543,11 +561,12 @@ def _describe(
 def _flag_names(
     flags: Mapping[str, BoolArray], rows: BoolArray, sep: str, *, quote: bool
 ) -> ObjectArray:
-    """Per selected row, the names of the flags it has, joined by ``sep`` (JSON-quoted)."""
+    """Per selected row, the names of the flags it has, joined by ``sep``: JSON strings when
+    ``quote``, else escaped for the inside of one (a reason's piece)."""
     parts = []
     for name, mask in flags.items():
         m = mask[rows]
-        parts.append((m, [encode_basestring(name) if quote else name] * int(m.sum())))
+        parts.append((m, [encode_basestring(name) if quote else _esc(name)] * int(m.sum())))
     return _join(parts, int(rows.sum()), sep)
 
 
@@ -611,10 +630,10 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
     actions: list[tuple[BoolArray, list[str]]] = []
     codes: list[tuple[BoolArray, list[str]]] = []
 
-    def add(code: ActionCode, mask: BoolArray, reasons: ObjectArray, evidence: dict) -> None:
+    def add(code: ActionCode, mask: BoolArray, reason: Text, evidence: dict) -> None:
         if not mask.any():
             return
-        actions.append((mask, _action_json(code.value, reasons, evidence)))
+        actions.append((mask, _action_json(code.value, reason, evidence)))
         codes.append((mask, [code.value] * int(mask.sum())))
 
     # 1. Primary action of the quadrant.
@@ -638,13 +657,10 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
     for q, (code, advice) in PRIMARY.items():
         mask = q_index == QUADRANTS.index(q.value)
         primary[mask] = code.value
-        reasons = (
-            _QUADRANT_TITLE[q] + ": " + now[mask] + " and " + later[mask] + "; " + advice + "."
-        )
         add(
             code,
             mask,
-            reasons,
+            [_QUADRANT_TITLE[q] + ": ", now[mask], " and ", later[mask], "; " + advice + "."],
             {
                 "quadrant": q.value,
                 "current_value": s.current_value[mask],
@@ -663,8 +679,11 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
     add(
         ActionCode.REVIEW_STRATEGIC_ACCOUNT,
         mask,
-        "Strategically significant (" + names + "): review the account before reducing "
-        "service or investment.",
+        [
+            "Strategically significant (",
+            names,
+            "): review the account before reducing service or investment.",
+        ],
         {
             "quadrant": quadrant[mask],
             "flags": _Encoded("[" + _flag_names(flags, mask, ",", quote=True) + "]"),
@@ -689,21 +708,18 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
             "review the credit limit and payment terms",
         ),
     ):
-        reasons = (
-            "Default risk "
-            + _pct(s.default_prob[mask])
-            + f" >= {threshold:.1%}; open balance "
-            + _money(s.outstanding_balance[mask])
-            + ", expected credit loss "
-            + _money(loss[mask])
-            + ": "
-            + advice
-            + "."
-        )
         add(
             code,
             mask,
-            reasons,
+            [
+                "Default risk ",
+                _pct(s.default_prob[mask]),
+                f" >= {threshold:.1%}; open balance ",
+                _money(s.outstanding_balance[mask]),
+                ", expected credit loss ",
+                _money(loss[mask]),
+                ": " + advice + ".",
+            ],
             {
                 "default_prob": s.default_prob[mask],
                 "threshold": threshold,
@@ -722,11 +738,13 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
     add(
         ActionCode.RETENTION_OFFER,
         mask,
-        "Churn risk "
-        + _pct(s.churn_prob[mask])
-        + f" >= {policy.retention_churn_prob:.1%} and future potential "
-        + _money(potential[mask])
-        + f" >= {floor:,.0f} is worth keeping: make a retention offer.",
+        [
+            "Churn risk ",
+            _pct(s.churn_prob[mask]),
+            f" >= {policy.retention_churn_prob:.1%} and future potential ",
+            _money(potential[mask]),
+            f" >= {floor:,.0f} is worth keeping: make a retention offer.",
+        ],
         {
             "churn_prob": s.churn_prob[mask],
             "threshold": policy.retention_churn_prob,
@@ -740,16 +758,19 @@ def _evaluate(s: _Scores, policy: Policy, cutoffs: Cutoffs) -> dict[str, Any]:
     with np.errstate(invalid="ignore"):
         mask = allowed & (top_prop >= policy.cross_sell_min_propensity)
     cats = top_cat[mask]
+    cat_text = _escaped(cats)
     add(
         ActionCode.CROSS_SELL,
         mask,
-        "Propensity to buy "
-        + cats.astype(str).astype(object)
-        + " "
-        + _pct(top_prop[mask])
-        + f" >= {policy.cross_sell_min_propensity:.1%}: offer "
-        + cats.astype(str).astype(object)
-        + ".",
+        [
+            "Propensity to buy ",
+            cat_text,
+            " ",
+            _pct(top_prop[mask]),
+            f" >= {policy.cross_sell_min_propensity:.1%}: offer ",
+            cat_text,
+            ".",
+        ],
         {
             "category": cats,
             "propensity": top_prop[mask],

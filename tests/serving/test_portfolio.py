@@ -326,6 +326,21 @@ def _actions(scored: pd.DataFrame, i: int) -> list[dict]:
     return json.loads(scored["actions"].iloc[i])
 
 
+def test_names_from_the_data_are_escaped_in_the_actions_json() -> None:
+    """Category names come from the models' training data (flag names are identifiers, checked
+    by the policy): quotes, backslashes and control characters in one still give valid JSON,
+    with the name intact in the reason and the evidence."""
+    odd = 'toys "R" \\ us\tété'
+    scores = make_scores(300, seed=4).rename(columns={"propensity_books": f"propensity_{odd}"})
+    scores[f"propensity_{odd}"] = 0.99  # the top category of every customer with propensities
+    scored = assign_portfolio(scores, numeric_policy())
+    cross_sell = [a for i in range(len(scored)) for a in _actions(scored, i) if a["code"] == "cross_sell"]
+    assert cross_sell
+    for action in cross_sell:
+        assert action["reason"] == f"Propensity to buy {odd} 99.0% >= 30.0%: offer {odd}."
+        assert action["evidence"]["category"] == odd
+
+
 def test_every_action_has_a_code_a_reason_and_evidence() -> None:
     scored = assign_portfolio(make_scores(600, seed=9), load_policy())
     codes = {c.value for c in ActionCode}
