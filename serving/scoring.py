@@ -84,6 +84,15 @@ class ModelSet:
     def column(self, X: np.ndarray, name: str) -> np.ndarray:
         return X[:, self.feature_names.index(name)]
 
+    def matrix(self, X: np.ndarray, kind: ModelKind) -> np.ndarray:
+        """The columns of the union matrix ``X`` that ``kind`` reads: ``X`` itself when it reads
+        them all in order (the usual case: models trained together), else a copy. A copy of
+        100k rows costs ~45 ms, four per chunk: 1.8 s of a 1M-customer batch."""
+        index = self.index[kind]
+        if index.shape[0] == X.shape[1] and np.array_equal(index, np.arange(X.shape[1])):
+            return X
+        return X[:, index]
+
 
 def score_matrix(models: ModelSet, X: np.ndarray, *, num_threads: int = 0) -> dict[str, np.ndarray]:
     """All model scores for the rows of the union matrix ``X``.
@@ -96,15 +105,15 @@ def score_matrix(models: ModelSet, X: np.ndarray, *, num_threads: int = 0) -> di
     n = X.shape[0]
     out: dict[str, np.ndarray] = {}
     churn_b = models.bundles[ModelKind.CHURN]
-    churn = churn_b.predict(X[:, models.index[ModelKind.CHURN]], num_threads=num_threads)
+    churn = churn_b.predict(models.matrix(X, ModelKind.CHURN), num_threads=num_threads)
     out["churn_prob"] = churn
     prop_b = models.bundles[ModelKind.PROPENSITY]
-    prop = prop_b.predict(X[:, models.index[ModelKind.PROPENSITY]], num_threads=num_threads)
+    prop = prop_b.predict(models.matrix(X, ModelKind.PROPENSITY), num_threads=num_threads)
     for j, name in enumerate(output_columns(prop_b)):
         out[name] = prop[:, j]
     credit_b = models.bundles.get(ModelKind.CREDIT_RISK)
     if credit_b is not None:
-        pd_ = credit_b.predict(X[:, models.index[ModelKind.CREDIT_RISK]], num_threads=num_threads)
+        pd_ = credit_b.predict(models.matrix(X, ModelKind.CREDIT_RISK), num_threads=num_threads)
         history = models.column(X, CREDIT_HISTORY)
         pd_ = np.where(history > 0, pd_, np.nan)
         points = credit_b.scorecard.points(pd_) if credit_b.scorecard else np.full(n, np.nan)
@@ -117,7 +126,7 @@ def score_matrix(models: ModelSet, X: np.ndarray, *, num_threads: int = 0) -> di
         out["credit_points"] = np.full(n, np.nan)
         out["credit_grade"] = np.full(n, None, dtype=object)
     margin_b = models.bundles[ModelKind.EXPECTED_MARGIN]
-    margin = margin_b.predict(X[:, models.index[ModelKind.EXPECTED_MARGIN]], num_threads=num_threads)
+    margin = margin_b.predict(models.matrix(X, ModelKind.EXPECTED_MARGIN), num_threads=num_threads)
     out["expected_margin"] = margin
     clv_config = margin_b.clv
     out["clv"] = clv_config.clv(margin, churn, margin_b.horizon_days) if clv_config else np.full(n, np.nan)
@@ -159,7 +168,7 @@ def compute_reasons(models: ModelSet, X: np.ndarray, *, top: int = 3, num_thread
     """
     out: dict[str, list[list[dict[str, Any]]]] = {}
     for kind, bundle in models.bundles.items():
-        Xk = X[:, models.index[kind]]
+        Xk = models.matrix(X, kind)
         target = bundle.top_targets(Xk, num_threads=num_threads) if kind is ModelKind.PROPENSITY else None
         contrib = bundle.contributions(Xk, num_threads=num_threads, target=target)
         rows = bundle.reasons(Xk, top=top, contributions=contrib, target=target, num_threads=num_threads)
