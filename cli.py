@@ -413,7 +413,7 @@ def score(
         str, typer.Option("--reasons", help="Reason codes for: all customers, those with a triggered action, or none.")
     ] = "actions",
     workers: Annotated[
-        int, typer.Option("--workers", min=0, help="Local engine: chunks scored at a time (0 = one per core).")
+        int, typer.Option("--workers", min=0, help="Local engine: chunks scored at a time, on threads (scores) and worker processes (placement); 0 = one per core.")
     ] = 0,
     policy: Annotated[Path | None, typer.Option("--policy", help="Portfolio policy YAML (default: the packaged one).")] = None,
 ) -> None:
