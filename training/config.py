@@ -75,7 +75,8 @@ class TrainConfig(Strict):
     random_state: int = 0
     #: expected margin in fit-table (5-fold CV): also try boosting the trees from a log-linear
     #: Tweedie GLM on log-scaled features and keep it when its out-of-fold deviance is lower
-    #: (bundle.LogLinearBase; docs/cdnow.md)
+    #: (cross-fitted: each fold's GLM is fitted without that fold; bundle.LogLinearBase;
+    #: docs/cdnow.md)
     margin_log_linear_base: bool = True
     #: promotion gate: a challenger may be this much worse than the champion and still win
     auc_tolerance: float = Field(0.005, ge=0)
