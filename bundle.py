@@ -10,7 +10,8 @@ turns a booster's raw score into what a CRM screen shows lives here, once:
 * propensity's expansion of one customer into one row per product category,
 * reason codes from LightGBM's own TreeSHAP contributions (``pred_contrib=True``),
 * scorecard points and grades for credit risk,
-* customer lifetime value from expected margin and retention.
+* customer lifetime value from expected margin and retention,
+* expected margin's log-linear base (:class:`LogLinearBase`), when cross-validation chose one.
 
 A bundle on disk is a folder: ``booster.txt`` (LightGBM's text format), ``bundle.json``
 (everything else). No pickles: a bundle can be read by any later version of the code.
@@ -234,6 +235,48 @@ class Reason:
     text: str
 
 
+@dataclass(frozen=True)
+class LogLinearBase:
+    """A log-link GLM the expected-margin booster is boosted from: its prediction is
+    exp(base(x) + trees(x)).
+
+    Trees predict a constant per leaf, so they cannot rank or size the customers beyond the
+    largest values a leaf of training rows holds; a log-linear model in log-scaled features
+    (spend ~ rate x value, a power law in each) follows that tail multiplicatively, as the
+    count x value models of customer-base analysis do (BG/NBD x Gamma-Gamma). Each numeric
+    feature enters as ``sign(x) log(1 + |x|)``, clipped to its training range (no
+    extrapolation past what training saw), missing values as the training median plus a
+    missing indicator, standardised; ``coef`` and ``coef_missing`` are per feature.
+
+    ``terms`` gives each feature's part centred on its training mean, so reason codes can
+    add it to the trees' TreeSHAP contributions and a row's parts still sum to its raw score.
+    """
+
+    columns: list[int]
+    low: list[float]
+    high: list[float]
+    median: list[float]
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    coef_missing: list[float]
+    term_mean: list[float]
+    intercept: float
+
+    def terms(self, X: np.ndarray) -> np.ndarray:
+        """Shape (n, len(columns)): each feature's centred part of the base's log prediction."""
+        V = np.asarray(X, dtype=np.float64)[:, self.columns]
+        missing = np.isnan(V)
+        Z = np.sign(V) * np.log1p(np.abs(V))
+        Z = np.clip(np.where(missing, np.asarray(self.median), Z), self.low, self.high)
+        Z = (Z - np.asarray(self.mean)) / np.asarray(self.scale)
+        return Z * np.asarray(self.coef) + missing * np.asarray(self.coef_missing) - np.asarray(self.term_mean)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """The base's log prediction per row."""
+        return self.intercept + float(np.sum(self.term_mean)) + self.terms(X).sum(axis=1)
+
+
 @dataclass
 class ModelBundle:
     """A trained model of one kind, ready to score a feature matrix.
@@ -264,6 +307,8 @@ class ModelBundle:
     clv: ClvConfig | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: expected margin: the log-linear model the trees were boosted from (None = trees alone)
+    base: LogLinearBase | None = None
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -350,7 +395,8 @@ class ModelBundle:
         not depend on the rows predicted with it, so the slices change no score.
         """
         if self.kind is not ModelKind.PROPENSITY:
-            return self.booster.predict(X, raw_score=True, num_threads=num_threads)
+            raw = self.booster.predict(X, raw_score=True, num_threads=num_threads)
+            return raw if self.base is None else raw + self.base(X)
         n, k = X.shape[0], len(self.targets)
         out = np.empty((n, k))
         step = max(1, EXPAND_SLICE)
@@ -387,7 +433,8 @@ class ModelBundle:
         (n, n_targets, n_booster_features + 1), or with ``target`` (a category index per row,
         or one for all) (n, n_booster_features + 1) for that category's row only: TreeSHAP
         costs ~50x a predict per row, so explaining one category is n_targets times cheaper.
-        Rows sum to the raw score.
+        Rows sum to the raw score. With a log-linear base (expected margin) each feature's
+        centred base term is added to its column and the base's mean to the expected value.
         """
         if self.kind is ModelKind.PROPENSITY and target is not None:
             return self.booster.predict(self.expand_rows(X, target), pred_contrib=True, num_threads=num_threads)
@@ -395,6 +442,9 @@ class ModelBundle:
         contrib = self.booster.predict(Z, pred_contrib=True, num_threads=num_threads)
         if self.kind is ModelKind.PROPENSITY:
             return contrib.reshape(X.shape[0], len(self.targets), -1)
+        if self.base is not None:
+            contrib[:, self.base.columns] += self.base.terms(X)
+            contrib[:, -1] += self.base.intercept + float(np.sum(self.base.term_mean))
         return contrib
 
     def top_targets(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
@@ -493,6 +543,7 @@ class ModelBundle:
             "clv": None if self.clv is None else asdict(self.clv),
             "metrics": self.metrics,
             "info": self.info,
+            "base": None if self.base is None else asdict(self.base),
         }
         return {"booster": self.booster.model_to_string(), "meta": json.dumps(meta, indent=1, default=_json_default)}
 
@@ -525,6 +576,7 @@ class ModelBundle:
             clv=clv,
             metrics=meta["metrics"],
             info=meta["info"],
+            base=None if meta.get("base") is None else LogLinearBase(**meta["base"]),
         )
 
     def save(self, path: Path) -> Path:

@@ -407,6 +407,8 @@ def cross_fit(
                 "train_rows": int(len(train)),
                 "test_rows": int(len(test)),
                 "trees": int(result.bundle.info.get("trees", -1)),
+                "log_linear_base": bool(result.bundle.info.get("log_linear_base", False)),
+                "cv_deviance": result.bundle.info.get("cv_deviance"),
                 "fit_s": round(seconds, 2),
                 "validation": {m: float(v) for m, v in result.metrics["validation"].items()},
             }
@@ -702,6 +704,12 @@ def main() -> None:
                 " / ".join(
                     ",".join(str(f["trees"]) for f in crm["per_fold"][k])
                     for k in ("churn", "expected_margin")
+                ),
+            ),
+            (
+                "crmscore spend: log-linear base chosen by CV (per half)",
+                ", ".join(
+                    "yes" if f["log_linear_base"] else "no" for f in crm["per_fold"]["expected_margin"]
                 ),
             ),
             (
