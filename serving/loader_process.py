@@ -11,13 +11,16 @@ settings, and sends the finished bundle back pickled. The server process only un
 (NumPy and Arrow buffers are copied; the boosters are parsed from their model strings by
 LightGBM's C code, which releases the GIL) and runs the warm-up, then swaps it in.
 
-The child is started beside the server's first load (importing MLflow, LightGBM and pandas costs
-seconds of CPU) and builds one bundle per request, in order. Each request carries the server's
-settings and environment (so ``MLFLOW_*`` variables set since the child started apply), and the
-log records of the build are re-emitted by the server's own loggers. A child that dies (killed,
-out of memory) fails that load with :class:`LoaderProcessDied`; the next load starts a new
-child. Memory the build leaves behind (allocator arenas, MLflow's caches) stays in the child,
-which returns its free heap to the system after each build (``malloc_trim``).
+The child is started beside the server's first load and, given the server's settings, does its
+one-time set-up at once (importing LightGBM and MLflow and building MLflow's tracking store, seconds
+of CPU: :func:`~crmscore.serving.registry.prepare_loading`), so that its first reload costs what
+later ones cost; then it builds one bundle per request, in order. Each request carries the
+server's settings and environment (so ``MLFLOW_*`` variables set since the child started
+apply), and the log records of the build are re-emitted by the server's own loggers. A child
+that dies (killed, out of memory) fails that load with :class:`LoaderProcessDied`; the next
+load starts a new child. Memory the build leaves behind (allocator arenas, MLflow's caches)
+stays in the child, which returns its free heap to the system after each build
+(``malloc_trim``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -149,8 +153,22 @@ def _set_niceness(value: int) -> None:
             os.setpriority(os.PRIO_PROCESS, 0, value)
 
 
+def _prepare(settings: ServingSettings) -> None:
+    """The one-time set-up before the first request; a failure is left for that load to report."""
+    from crmscore.serving.registry import prepare_loading
+
+    started = time.perf_counter()
+    try:
+        prepare_loading(settings)
+    except Exception as exc:  # the load that follows meets the same problem and reports it
+        logger.info("bundle loader process: set-up failed, left to the first load: %s", type(exc).__name__)
+        return
+    logger.info("bundle loader process: LightGBM and MLflow set up in %.1f s", time.perf_counter() - started)
+
+
 def _child_main(conn: Connection) -> None:
-    """The loader process: build one bundle per request until the server closes the pipe."""
+    """The loader process: set up for loading when asked (``"prepare"``, no reply), and build
+    one bundle per ``"load"`` request, until the server closes the pipe."""
     from crmscore.serving.registry import LoadError, load_serving_bundle
 
     collect = _Collect()
@@ -160,12 +178,14 @@ def _child_main(conn: Connection) -> None:
     crmscore_logger.propagate = False  # the server logs them, once
     while True:
         try:
-            settings, environ = conn.recv()
+            kind, settings, environ = conn.recv()
         except (EOFError, OSError):
             return
         _sync_environ(environ)
         _set_niceness(settings.load_niceness)
-        collect.records = []
+        if kind == "prepare":
+            _prepare(settings)  # its records go back with the next load's
+            continue
         reply: tuple[Any, ...]
         try:
             pieces = to_pieces(load_serving_bundle(settings))
@@ -180,6 +200,7 @@ def _child_main(conn: Connection) -> None:
         except (BrokenPipeError, OSError):
             return
         del reply
+        collect.records = []
         pieces = {}
         gc.collect()
         malloc_trim()
@@ -213,14 +234,24 @@ class LoaderProcess:
         process = self._process
         return None if process is None else process.pid
 
-    def start(self) -> None:
-        """Start the child (it imports in the background) unless it is running."""
-        with self._lock:
-            self._start()
+    def start(self, settings: ServingSettings | None = None) -> None:
+        """Start the child (it imports in the background) unless it is running.
 
-    def _start(self) -> None:
+        With ``settings``, a child started now also does its one-time set-up for them before
+        it takes a request (:func:`~crmscore.serving.registry.prepare_loading`), so the first
+        load does not pay for it.
+        """
+        with self._lock:
+            if self._start() and settings is not None:
+                assert self._conn is not None
+                # no reply; a child already gone is found by the next load
+                with contextlib.suppress(OSError):
+                    self._conn.send(("prepare", settings, dict(os.environ)))
+
+    def _start(self) -> bool:
+        """Start the child unless it is running; whether it was started now."""
         if self._process is not None and self._process.poll() is None:
-            return
+            return False
         self._stop()
         parent, child = multiprocessing.Pipe(duplex=True)
         fd = child.fileno()
@@ -231,6 +262,7 @@ class LoaderProcess:
             child.close()
         self._process, self._conn = process, parent
         logger.info("bundle loader process %s started", process.pid)
+        return True
 
     def load(self, settings: ServingSettings) -> tuple[dict[str, bytes], list[tuple[str, int, str]]]:
         """Build a bundle in the child: ``(its pieces for from_pieces, log records)``.
@@ -248,7 +280,7 @@ class LoaderProcess:
             self._start()
             assert self._conn is not None and self._process is not None
             try:
-                self._conn.send((settings, dict(os.environ)))
+                self._conn.send(("load", settings, dict(os.environ)))
                 reply = self._conn.recv()
             except (EOFError, OSError) as exc:
                 process = self._process

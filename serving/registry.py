@@ -84,6 +84,7 @@ __all__ = [
     "ScoresFileInfo",
     "ServingBundle",
     "load_serving_bundle",
+    "prepare_loading",
 ]
 
 logger = logging.getLogger(__name__)
@@ -535,6 +536,26 @@ def _setup_mlflow(settings: ServingSettings) -> str:
     return uri
 
 
+def prepare_loading(settings: ServingSettings) -> None:
+    """A loading process's one-time set-up, for the registry of ``settings``, ahead of its first load.
+
+    A process's first load imports LightGBM (with scikit-learn and SciPy, seconds of CPU:
+    ``crmscore.bundle`` imports it on first use) and MLflow, and its first MLflow client builds
+    the tracking store (SQLAlchemy, Alembic, MLflow's ORM models; for a database URI, the engine
+    and a schema check), which MLflow then caches for the process. The loader process calls
+    this as it starts, while the server is loading its first bundle, so that its first reload
+    costs what later ones cost (it took 21-23 s at niceness 10 on busy cores:
+    docs/reliability.md). Nothing is read from the registry: one that cannot be reached costs
+    no wait here, and fails the load that needs it, with the reason.
+    """
+    import lightgbm  # noqa: F401 - for ModelBundle.from_payload
+    import mlflow.artifacts  # noqa: F401 - the modules download_artifacts needs
+    from mlflow import MlflowClient
+
+    _setup_mlflow(settings)
+    MlflowClient()  # builds the tracking store for the URI (cached by MLflow)
+
+
 def _load_models(settings: ServingSettings) -> ModelSet:
     bundles: dict[ModelKind, ModelBundle] = {}
     versions: dict[ModelKind, str] = {}
@@ -851,9 +872,9 @@ class BundleHolder:
 
     def _load(self) -> ServingBundle:
         if self.loader_process is not None:
-            # imports in the background (seconds of CPU) while this load runs,
-            # so the first reload finds it ready
-            self.loader_process.start()
+            # imports and sets up MLflow in the background (seconds of CPU) while this load
+            # runs, so the first reload finds it ready (prepare_loading)
+            self.loader_process.start(self.settings)
         try:
             return self.loader(self.settings)
         except LoadError:

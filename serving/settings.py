@@ -68,9 +68,10 @@ class ServingSettings(BaseSettings):
         uvicorn's ``limit_concurrency``, the backstop on memory: while this many connections are
         open, uvicorn answers *every* request 503 and closes its connection (idle keep-alive
         connections count too), and the reconnecting clients then wait in the kernel's accept
-        queue for seconds; default 2048, so that the queue-delay shedding, which keeps
-        connections open, acts first (1,024 clients: served p99 386 ms here, against 7.6 s with
-        the former default of 512; docs/reliability.md).
+        queue for seconds; default 2048, so that the server's own refusals (``max_in_flight``,
+        ``max_queue_delay_ms``), which keep connections open, act first. The measured effect of
+        this default against the former 512, and the latest latencies under overload, are in
+        docs/reliability.md, section 2, "Overload" (not copied here, where they would go stale).
     compute_threads : int
         Worker threads for the expensive per-request work (reason codes computed on demand,
         inline features in batches); more requests of that kind wait for a free thread.

@@ -391,6 +391,13 @@ def run_local(
             (out_path.parent / f".{out_path.name}.tmp").unlink(missing_ok=True)
         except OSError:
             pass
+        failed = Path(exc.filename) if isinstance(exc.filename, str | os.PathLike) else None
+        if failed is not None and (failed == work or work in failed.parents
+                                   or failed == out_path.parent / f".{out_path.name}.tmp"):
+            # our hidden work folder or temporary file: name the folder the user chose and can
+            # act on, and keep the underlying error (which file, and why) after it
+            raise BatchError(f"batch scoring could not write in the output folder {out_path.parent}: {exc}; "
+                             f"nothing was written to {out_path}") from exc
         where = exc.filename or out_path
         raise BatchError(f"batch scoring could not write {where}: {exc.strerror or exc}; nothing was written to {out_path}") from exc
     logger.info("scored %d customers into %s", total_rows, out_path)

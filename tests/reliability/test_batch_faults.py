@@ -6,7 +6,8 @@
   with ``EFBIG``, as a full disk fails with ``ENOSPC``): a clear error naming the file, a
   non-zero exit and no partial output;
 * an output folder the job may not write (mode 0555; as root, the child runs without the
-  capabilities that let root ignore file modes): the same.
+  capabilities that let root ignore file modes): the same, naming that folder (not the hidden
+  work folder inside it) and the underlying error.
 """
 
 from __future__ import annotations
@@ -148,7 +149,13 @@ def test_a_read_only_output_folder_is_a_clear_error_with_no_partial_output(
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     message = " ".join(done.stderr.split())
-    assert "Permission denied" in message, message[-1000:]
-    assert f"batch scoring could not write {folder}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
+    # the message names what the user asked for and can act on: the output's folder, not the
+    # hidden work folder the job failed to create there, which only the underlying error names
+    # (after it); or, when the output's folder is itself to be made, that folder
+    if where == "the folder":
+        named = f"batch scoring could not write in the output folder {folder}: [Errno 13] Permission denied: "
+    else:
+        named = f"batch scoring could not write {out.parent}: Permission denied;"
+    assert named.replace(" ", "") in message.replace(" ", ""), message[-1000:]
     assert f"nothing was written to {out}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
     assert list(folder.iterdir()) == []  # no output, no part, no work folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,38 @@ def test_the_packaged_file_and_the_model_defaults_agree() -> None:
     minimal = parse_policy({"name": "default", "version": "1"})
     fields = set(Policy.model_fields) - {"description", "flags"}
     assert {f: getattr(minimal, f) for f in fields} == {f: getattr(shipped, f) for f in fields}
+
+
+def _package_folder(package: str, package_dir: dict[str, str], root: Path) -> Path:
+    """The folder setuptools builds ``package`` from: its longest prefix in ``package-dir``."""
+    parts = package.split(".")
+    for i in range(len(parts), 0, -1):
+        mapped = package_dir.get(".".join(parts[:i]))
+        if mapped is not None:
+            return root.joinpath(mapped, *parts[i:])
+    return root.joinpath(*parts)
+
+
+def test_the_policy_files_ship_as_package_data_of_a_listed_package() -> None:
+    """The wheel carries ``serving/policies/*.yaml`` without setuptools' "absent from the
+    `packages` configuration" warning: each package-data file lies in the folder of a package
+    listed in ``packages`` (a data folder without ``__init__.py`` is still importable, as a
+    namespace package, so setuptools wants it listed rather than reached from its parent)."""
+    root = Path(__file__).resolve().parents[2]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]
+    listed, package_dir = set(setuptools["packages"]), setuptools["package-dir"]
+    shipped: set[Path] = set()
+    for package, patterns in setuptools["package-data"].items():
+        assert package in listed, f"package-data of {package}, which is not in packages"
+        folder = _package_folder(package, package_dir, root)
+        for pattern in patterns:
+            files = set(folder.glob(pattern))
+            assert files, f"package-data {package}: {pattern!r} matches no file in {folder}"
+            nested = sorted(str(f.relative_to(root)) for f in files if f.parent != folder)
+            assert nested == [], f"package-data {package}: {pattern!r} reaches into a subfolder; list it as a package"
+            shipped |= files
+    policies = root / "serving" / "policies"
+    assert {f for f in shipped if f.parent == policies} == set(policies.glob("*.yaml")) != set()
 
 
 def test_a_policy_file_round_trips(tmp_path: Path) -> None:
