@@ -23,8 +23,9 @@ Both passes run ``workers`` chunks at a time (one per core by default), each chu
   cores (the batch benchmark measured the job at 1.67 cores of 2). The processes come from a
   ``forkserver`` (one fresh interpreter that imports crmscore once, then forks a worker per
   core): forking the job's own process would copy LightGBM's OpenMP state, which GNU OpenMP
-  does not survive. They read the scores parts and return Arrow tables; the job process alone
-  writes. One worker places in the job's own process.
+  does not survive. They read the scores parts and hand each placed chunk back as an Arrow IPC
+  file in the work folder, which the job maps; the job process alone writes the output. One
+  worker places in the job's own process.
 
 Memory is bounded by ``2 x workers`` chunks in flight.
 """
@@ -324,6 +325,7 @@ def run_local(
     threads = max(1, (num_threads or os.cpu_count() or 1) // workers)
     own = _WorkerModels(models)
     work = out_path.parent / f".{out_path.name}.work"
+    tmp_out = out_path.parent / f".{out_path.name}.tmp"  # the output until every chunk is in
     manifest = {
         "snapshot": snapshot_identity(snapshot_path),
         "chunk_rows": chunk_rows,
@@ -380,7 +382,6 @@ def run_local(
                 features = next(snapshot_chunks) if snapshot_chunks is not None else None
                 yield functools.partial(place, i, features)
 
-        tmp_out = out_path.parent / f".{out_path.name}.tmp"
         with _OrderedWriter(tmp_out, cutoffs, policy) as writer:
             _run_in_order(place_tasks(), writer.write, n_chunks, workers, "place", progress,
                           pool=functools.partial(_placement_pool, placement, workers))
@@ -388,12 +389,12 @@ def run_local(
         shutil.rmtree(work, ignore_errors=True)
     except OSError as exc:
         try:
-            (out_path.parent / f".{out_path.name}.tmp").unlink(missing_ok=True)
+            tmp_out.unlink(missing_ok=True)
         except OSError:
             pass
         failed = Path(exc.filename) if isinstance(exc.filename, str | os.PathLike) else None
         if failed is not None and (failed == work or work in failed.parents
-                                   or failed == out_path.parent / f".{out_path.name}.tmp"):
+                                   or failed == tmp_out):
             # our hidden work folder or temporary file: name the folder the user chose and can
             # act on, and keep the underlying error (which file, and why) after it
             raise BatchError(f"batch scoring could not write in the output folder {out_path.parent}: {exc}; "
