@@ -265,7 +265,7 @@ def timed_iter(name, fn):
 local.iter_chunks = timed_iter("read_snapshot", local.iter_chunks)
 local.score_chunk = timed("score_chunk", local.score_chunk)
 local.place_chunk = timed("place_chunk", local.place_chunk)
-local.write_arrow_atomic = timed("write_parts", local.write_arrow_atomic)
+local._write_part = timed("write_parts", local._write_part)
 local.to_arrow = timed("to_arrow", local.to_arrow)
 local.resolve_cutoffs = timed("resolve_cutoffs", local.resolve_cutoffs)
 chunks.score_matrix = timed("score_matrix", chunks.score_matrix)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +88,19 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_arrow_atomic(table: pa.Table, path: Path) -> None:
-    """Write an Arrow table to ``path`` via a temporary file in the same folder and a rename."""
+    """Write an Arrow table to ``path`` as Parquet via a temporary file in the same folder and a rename."""
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temporary file in ``path``'s folder, then rename it to ``path``: the
+    file appears only once complete, and a failed or killed write leaves no file at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from crmscore.serving.policy import CompanyFlag, Cutoffs, Policy, Quadrant
 
@@ -475,10 +477,16 @@ def _objects(values: list[Any]) -> ObjectArray:
 
 
 def _json_numbers(x: FloatArray) -> list[str]:
-    """JSON numbers in Python's shortest round-trip form; NaN and inf -> null."""
-    text = list(map(repr, x.tolist()))
-    for i in np.flatnonzero(~np.isfinite(x)).tolist():
-        text[i] = "null"
+    """JSON numbers in the shortest form that reads back as the same float; NaN and inf -> null.
+
+    Arrow's cast writes them (``100``, ``1.5e-7``) four times faster than ``repr`` (``100.0``,
+    ``1.5e-07``), which was a quarter of the placement's time; both are valid JSON numbers of
+    the same value.
+    """
+    finite = np.isfinite(x)
+    text: list[str] = pc.cast(pa.array(x, mask=~finite), pa.string()).to_pylist()
+    if not finite.all():
+        text = [t if t is not None else "null" for t in text]
     return text
 
 

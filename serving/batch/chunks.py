@@ -188,6 +188,19 @@ def to_arrow(frame: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
+#: text columns with a value of its own per customer
+PER_CUSTOMER_TEXT = frozenset(["customer_id", "actions", *REASON_COLUMNS])
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth a Parquet dictionary: text that repeats from customer to customer
+    (quadrant, segment, action codes, model versions). Not numbers: a chunk's 100k distinct
+    scores fit in one dictionary page, so Parquet would store a dictionary as large as the
+    column and index it too (writing the output 40% slower, and larger)."""
+    return [f.name for f in schema
+            if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name not in PER_CUSTOMER_TEXT]
+
+
 def with_metadata(table: pa.Table, cutoffs: Cutoffs, policy: Policy) -> pa.Table:
     return table.replace_schema_metadata({
         CUTOFFS_KEY: cutoffs.model_dump_json().encode(),

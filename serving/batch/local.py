@@ -4,8 +4,10 @@ Work happens in a hidden folder beside the output, ``.<out>.work/``:
 
 * ``manifest.json`` says what is being computed (snapshot identity, chunk size, model
   versions, policy, reasons mode); a different job there is discarded, not mixed in;
-* ``scores-NNNNN.parquet`` (pass 1), each written to a temporary name and renamed when
-  complete, so a killed run leaves only whole parts;
+* ``scores-NNNNN.arrow`` (pass 1), each written to a temporary name and renamed when
+  complete, so a killed run leaves only whole parts. Parts are Arrow IPC files (LZ4), read
+  back once by the job itself: written and mapped in ~0.07 CPU-s a chunk of 100k, where zstd
+  Parquet cost ~0.3;
 * ``cutoffs.json``, resolved once on all scores.
 
 A rerun skips finished parts. Pass 2 places the scored chunks in order straight into a
@@ -53,10 +55,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crmscore.features.io import ARROW_STRINGS, AS_OF_KEY, write_arrow_atomic
+from crmscore.features.io import ARROW_STRINGS, AS_OF_KEY, write_atomic
 from crmscore.serving.batch.chunks import (
     ReasonsMode,
     carried_columns,
+    dictionary_columns,
     place_chunk,
     score_chunk,
     to_arrow,
@@ -71,6 +74,9 @@ logger = logging.getLogger(__name__)
 #: columns pass 2 needs to resolve the portfolio cut-offs
 CUTOFF_COLUMNS = ("customer_id", "clv", "current_value", "margin_365d", "cost_to_serve_365d",
                   "default_prob", "outstanding_balance", "churn_prob", "as_of")
+
+#: how pass 1's parts are stored (in the manifest: a work folder of another format is discarded)
+PARTS_FORMAT = "arrow-ipc-lz4"
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 T = TypeVar("T")
@@ -101,6 +107,24 @@ def resolve_workers(workers: int, n_chunks: int) -> int:
         raise ValueError(f"workers must be 0 (one per core) or a positive number of threads; got {workers}")
     wanted = workers or (os.cpu_count() or 1)
     return max(1, min(wanted, n_chunks))
+
+
+def _part_path(work: Path, i: int) -> Path:
+    return work / f"scores-{i:05d}.arrow"
+
+
+def _write_part(table: pa.Table, path: Path) -> None:
+    def write(tmp: str) -> None:
+        options = pa.ipc.IpcWriteOptions(compression="lz4")
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as ipc:
+            ipc.write_table(table)
+    write_atomic(path, write)
+
+
+def _read_part(path: Path, columns: Iterable[str] | None = None) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return table if columns is None else table.select(list(columns))
 
 
 class _WorkerModels:
@@ -179,7 +203,7 @@ class _Placement:
 
     def __call__(self, i: int, features: pd.DataFrame | None) -> pa.Table:
         # text as Arrow-backed strings, the dtype normalise writes: not converted again
-        scores = pq.read_table(self.work / f"scores-{i:05d}.parquet").to_pandas(types_mapper=ARROW_STRINGS.get)
+        scores = _read_part(_part_path(self.work, i)).to_pandas(types_mapper=ARROW_STRINGS.get)
         placed = place_chunk(self.models, scores, self.policy, self.cutoffs, self.reasons, features,
                              num_threads=self.threads)
         return to_arrow(placed)
@@ -252,7 +276,8 @@ class _OrderedWriter:
         table = placed if isinstance(placed, pa.Table) else _read_placed(placed)
         if self._writer is None:
             self._schema = with_metadata(table.schema.empty_table(), self.cutoffs, self.policy).schema
-            self._writer = pq.ParquetWriter(self.path, self._schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self.path, self._schema, compression="zstd",
+                                            use_dictionary=dictionary_columns(self._schema))
         assert self._schema is not None
         if not table.schema.equals(self._schema, check_metadata=False):
             table = table.cast(self._schema)
@@ -278,7 +303,7 @@ def _prepare_workdir(work: Path, manifest: dict) -> None:
         except (OSError, ValueError):
             previous = None
         if previous == manifest:
-            done = len(list(work.glob("scores-*.parquet")))
+            done = len(list(work.glob("scores-*.arrow")))
             logger.info("resuming: %d finished chunk(s) in %s", done, work)
             return
         logger.warning("discarding unfinished work of another job in %s", work)
@@ -332,6 +357,7 @@ def run_local(
         "versions": {k.value: v for k, v in models.versions.items()},
         "policy": policy.label,
         "reasons": reasons.value,
+        "parts": PARTS_FORMAT,
     }
     snapshot_schema = pq.read_schema(snapshot_path)
     carry = carried_columns(policy, snapshot_schema.names)
@@ -348,11 +374,11 @@ def run_local(
             if as_of is not None and "as_of" not in chunk.columns:
                 chunk.insert(1, "as_of", pd.Timestamp(as_of.decode()))
             scored = score_chunk(own.get(), chunk, reasons, carry=carry, num_threads=threads)
-            write_arrow_atomic(to_arrow(scored), part)
+            _write_part(to_arrow(scored), part)
 
         def score_tasks() -> Iterator[Callable[[], None]]:
             for i, chunk in enumerate(iter_chunks(snapshot_path, chunk_rows)):
-                part = work / f"scores-{i:05d}.parquet"
+                part = _part_path(work, i)
                 yield _nothing if part.exists() else functools.partial(score_part, chunk, part)
 
         _run_in_order(score_tasks(), _ignore, n_chunks, workers, "score", progress)
@@ -361,9 +387,9 @@ def run_local(
         if cutoffs_file.exists():
             cutoffs = Cutoffs.model_validate_json(cutoffs_file.read_text())
         else:
-            parts = sorted(work.glob("scores-*.parquet"))
-            columns = [c for c in CUTOFF_COLUMNS if c in pq.ParquetFile(parts[0]).schema_arrow.names]
-            portfolio = pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in parts], ignore_index=True)
+            parts = [_part_path(work, i) for i in range(n_chunks)]
+            columns = [c for c in CUTOFF_COLUMNS if c in _read_part(parts[0]).column_names]
+            portfolio = pd.concat([_read_part(p, columns).to_pandas() for p in parts], ignore_index=True)
             cutoffs = resolve_cutoffs(policy, portfolio)
             tmp = work / "cutoffs.json.tmp"
             tmp.write_text(cutoffs.model_dump_json())

@@ -74,7 +74,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_output(
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            killed_with_parts.append(len(list(work.glob("scores-*.parquet"))))
+            killed_with_parts.append(len(list(work.glob("scores-*.arrow"))))
             if out.exists():  # killed after the atomic rename, while tidying up: complete, never partial
                 pd.testing.assert_frame_equal(_read(out), reference)
         else:

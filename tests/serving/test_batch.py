@@ -133,7 +133,7 @@ def test_killed_run_resumes_to_identical_output(trained_models, reference, tmp_p
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(work.glob("scores-*.parquet"))) >= kill_after_parts:
+        if len(list(work.glob("scores-*.arrow"))) >= kill_after_parts:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
