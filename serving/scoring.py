@@ -84,6 +84,12 @@ class ModelSet:
     def column(self, X: np.ndarray, name: str) -> np.ndarray:
         return X[:, self.feature_names.index(name)]
 
+    def credit_history(self, X: np.ndarray) -> np.ndarray:
+        """Rows with an invoice before the as-of date: the only ones with a credit score, so
+        the only ones the credit model predicts or explains (about a third of a B2C base)."""
+        with np.errstate(invalid="ignore"):
+            return np.asarray(self.column(X, CREDIT_HISTORY) > 0)
+
     def matrix(self, X: np.ndarray, kind: ModelKind) -> np.ndarray:
         """The columns of the union matrix ``X`` that ``kind`` reads: ``X`` itself when it reads
         them all in order (the usual case: models trained together), else a copy. A copy of
@@ -113,9 +119,11 @@ def score_matrix(models: ModelSet, X: np.ndarray, *, num_threads: int = 0) -> di
         out[name] = prop[:, j]
     credit_b = models.bundles.get(ModelKind.CREDIT_RISK)
     if credit_b is not None:
-        pd_ = credit_b.predict(models.matrix(X, ModelKind.CREDIT_RISK), num_threads=num_threads)
-        history = models.column(X, CREDIT_HISTORY)
-        pd_ = np.where(history > 0, pd_, np.nan)
+        pd_ = np.full(n, np.nan)
+        scored = models.credit_history(X)
+        if scored.any():
+            Xc = models.matrix(X, ModelKind.CREDIT_RISK)
+            pd_[scored] = credit_b.predict(Xc if scored.all() else Xc[scored], num_threads=num_threads)
         points = credit_b.scorecard.points(pd_) if credit_b.scorecard else np.full(n, np.nan)
         points = np.where(np.isnan(pd_), np.nan, np.round(points, 1))
         out["default_prob"] = pd_
@@ -169,14 +177,24 @@ def compute_reasons(models: ModelSet, X: np.ndarray, *, top: int = 3, num_thread
     out: dict[str, list[list[dict[str, Any]]]] = {}
     for kind, bundle in models.bundles.items():
         Xk = models.matrix(X, kind)
-        target = bundle.top_targets(Xk, num_threads=num_threads) if kind is ModelKind.PROPENSITY else None
-        contrib = bundle.contributions(Xk, num_threads=num_threads, target=target)
-        rows = bundle.reasons(Xk, top=top, contributions=contrib, target=target, num_threads=num_threads)
-        if kind is ModelKind.CREDIT_RISK:
-            history = models.column(X, CREDIT_HISTORY)
-            rows = [r if h > 0 else [] for r, h in zip(rows, history, strict=True)]
+        if kind is ModelKind.CREDIT_RISK:  # no credit score without an invoice: no reasons either
+            scored = models.credit_history(X)
+            explained = _reason_rows(bundle, Xk[scored], top, num_threads)
+            rows: list[list[Reason]] = [[] for _ in range(Xk.shape[0])]
+            for i, r in zip(np.flatnonzero(scored).tolist(), explained, strict=True):
+                rows[i] = r
+        else:
+            rows = _reason_rows(bundle, Xk, top, num_threads)
         out[kind.value] = [reason_dicts(r) for r in rows]
     return out
+
+
+def _reason_rows(bundle: ModelBundle, Xk: np.ndarray, top: int, num_threads: int) -> list[list[Reason]]:
+    if Xk.shape[0] == 0:
+        return []
+    target = bundle.top_targets(Xk, num_threads=num_threads) if bundle.kind is ModelKind.PROPENSITY else None
+    contrib = bundle.contributions(Xk, num_threads=num_threads, target=target)
+    return bundle.reasons(Xk, top=top, contributions=contrib, target=target, num_threads=num_threads)
 
 
 def reasons_columns(reasons: Mapping[str, list[list[dict[str, Any]]]]) -> dict[str, list[str]]:

@@ -96,6 +96,29 @@ def test_reasons_none_and_all(trained_models, models, reference, tmp_path) -> No
         score_base(tmp_path / "head.parquet", tmp_path / "x.parquet", models=models, reasons="some")
 
 
+def test_credit_is_scored_and_explained_exactly_for_customers_with_an_invoice(trained_models, models) -> None:
+    """The credit model predicts and explains only the rows with an invoice history (the
+    others get no credit score): their scores equal the booster's on all rows at once."""
+    from crmscore.bundle import ModelKind
+    from crmscore.serving.scoring import CREDIT_HISTORY, compute_reasons, score_matrix
+
+    snapshot = pq.read_table(trained_models.snapshot_path).slice(0, 400).to_pandas()
+    has_history = snapshot[CREDIT_HISTORY].to_numpy() > 0
+    assert 0 < has_history.sum() < len(snapshot), "the test needs customers with and without invoices"
+    X = models.encode(snapshot)
+    scores = score_matrix(models, X, num_threads=1)
+    credit = models.bundles[ModelKind.CREDIT_RISK]
+    every_row = credit.predict(models.matrix(X, ModelKind.CREDIT_RISK), num_threads=1)
+    np.testing.assert_array_equal(scores["default_prob"][has_history], every_row[has_history])
+    assert np.isnan(scores["default_prob"][~has_history]).all()
+    assert np.isnan(scores["credit_points"][~has_history]).all()
+    reasons = compute_reasons(models, X, num_threads=1)["credit_risk"]
+    assert all(r == [] for r, h in zip(reasons, has_history, strict=True) if not h)
+    assert all(len(r) == 3 for r, h in zip(reasons, has_history, strict=True) if h)
+    one = int(np.flatnonzero(has_history)[0])
+    assert compute_reasons(models, X[one:one + 1], num_threads=1)["credit_risk"][0] == reasons[one]
+
+
 @pytest.mark.spark
 def test_spark_output_is_identical_to_local(trained_models, models, reference, tmp_path) -> None:
     out = tmp_path / "spark_scores"
