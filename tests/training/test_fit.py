@@ -180,3 +180,37 @@ def test_cross_fitted_cv_refuses_the_base_on_a_small_noisy_table(seed: int) -> N
     trees_only, _, _ = fit_bundle_cv(ModelKind.EXPECTED_MARGIN, frame, fs, TrainConfig(margin_log_linear_base=False),
                                      label="label_margin")
     assert bundle.booster.model_to_string() == trees_only.booster.model_to_string()
+
+
+# --- expected margin in `crmscore train` (fit_bundle: a validation split, not CV) ---------------
+
+
+def test_fit_bundle_keeps_the_log_linear_base_when_spend_is_count_times_value() -> None:
+    train, valid = _spend_frame(6000, 0, multiplicative=True), _spend_frame(3000, 1, multiplicative=True)
+    fs = FeatureSet(["orders", "revenue", "noise"], {})
+    bundle = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(), label="label_margin")
+    assert bundle.base is not None and bundle.info["log_linear_base"] is True
+    deviance = bundle.info["validation_deviance"]
+    assert deviance["log_linear_base"] < deviance["trees"]
+    trees_only = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(margin_log_linear_base=False),
+                            label="label_margin")
+    assert trees_only.base is None and "validation_deviance" not in trees_only.info
+    # the base reaches past the largest leaf, and its contributions still sum to the raw score
+    X = bundle.encode(train)
+    top = int(np.argmax(train["revenue"].to_numpy()))
+    assert bundle.predict(X)[top] > trees_only.predict(X)[top]
+    np.testing.assert_allclose(bundle.contributions(X[:100]).sum(axis=1), bundle.raw(X[:100]), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fit_bundle_refuses_the_base_on_noise(seed: int) -> None:
+    # nothing for a log-linear model to find: the trees alone are kept, tree for tree
+    train, valid = _noise_spend_frame(2000, 30, seed), _noise_spend_frame(2000, 30, seed + 10)
+    fs = FeatureSet([f"x{j}" for j in range(30)], {})
+    bundle = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(), label="label_margin")
+    deviance = bundle.info["validation_deviance"]
+    assert deviance["log_linear_base"] >= deviance["trees"]
+    assert bundle.base is None and bundle.info["log_linear_base"] is False
+    trees_only = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(margin_log_linear_base=False),
+                            label="label_margin")
+    assert bundle.booster.model_to_string() == trees_only.booster.model_to_string()
