@@ -417,13 +417,13 @@ def _choose_log_linear_base(
     from sklearn.metrics import mean_tweedie_deviance
 
     power = params["tweedie_variance_power"]
-    names = proto.booster_features
-    base = fit_log_linear_base(X, y, names, booster_categorical(proto), power)
+    names, categorical = proto.booster_features, booster_categorical(proto)
+    base = fit_log_linear_base(X, y, names, categorical, power)
     proto.info["log_linear_base"] = False
     if base is None or np.min(y_valid, initial=0.0) < 0:  # Tweedie deviance needs y >= 0
         return
     trees = proto.booster
-    boosted = _train_booster(params, X, y, X_es, y_es, names, booster_categorical(proto), config, weight,
+    boosted = _train_booster(params, X, y, X_es, y_es, names, categorical, config, weight,
                              init_score=(base(X), base(X_es)))
 
     def deviance(booster: lgb.Booster, offset: LogLinearBase | None) -> float:
@@ -466,8 +466,8 @@ def fit_bundle_cv(
     X = proto.expand(proto.encode(frame.loc[keep]))
     y = y[keep]
     params, weight = fit_settings(proto, y, config, label)
-    names = proto.booster_features
-    cat_idx = [names.index(c) for c in booster_categorical(proto)]
+    names, categorical = proto.booster_features, booster_categorical(proto)
+    cat_idx = [names.index(c) for c in categorical]
     splitter = (StratifiedKFold if kind.is_classifier else KFold)(n_folds, shuffle=True, random_state=config.random_state)
     folds = list(splitter.split(X, y))
 
@@ -516,7 +516,6 @@ def fit_bundle_cv(
         # on every row would be in-sample on the held-out folds and win on small noisy tables
         # where it should lose.) The model kept is the base fitted on every row, boosted with
         # the number of trees the cross-fitted CV chose.
-        categorical = booster_categorical(proto)
         power = params["tweedie_variance_power"]
         candidate = fit_log_linear_base(X, y, names, categorical, power)
         fold_bases = [fit_log_linear_base(X[train_idx], y[train_idx], names, categorical, power)
