@@ -9,10 +9,17 @@ is in flight (1,024 closed-loop clients: refusal p99 ~0.5 s, benchmarks/reload.p
 are parsed: an admitted request is counted in flight there and then, so the next request parsed
 in the same read sees it, and goes on to the app, whose
 :class:`~crmscore.serving.api.middleware.LoadSheddingMiddleware` knows it is admitted already
-(``scope["state"][ADMITTED_KEY]``); past ``max_in_flight`` the 503 (the middleware's status,
-``Retry-After`` and JSON body) is written straight to the transport, in the same read, and no
-task is made. So the work of one iteration is bounded by ``max_in_flight`` requests and a
-refusal waits for at most that, and the refusal costs a fraction of the ASGI path.
+(``scope["state"][ADMITTED_KEY]``); past ``max_in_flight`` the 503 is written straight to the
+transport, in the same read, and no task is made. So the work of one iteration is bounded by
+``max_in_flight`` requests and a refusal waits for at most that.
+
+Under overload nearly every request is refused, so a refusal's own cost decides how long the
+others wait (docs/reliability.md, section 2): its response is the
+:class:`~crmscore.serving.api.middleware.Refusal` that :meth:`Admission.refuse
+<crmscore.serving.api.middleware.Admission.refuse>` returns, the same the middleware sends,
+whose bytes are built once per reason (and per second, for uvicorn's ``date``); only the
+request id and the length are put in per request, the headers are scanned once, and the
+refusal's metric children are looked up once per method.
 
 Only requests the protocol can answer on its own are refused here: no body (no
 ``Content-Length`` above 0, no ``Transfer-Encoding``), no upgrade, a path in origin form outside
