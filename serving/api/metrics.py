@@ -50,19 +50,23 @@ class ServiceMetrics:
                                     "snapshot, as a Unix time (0 if unknown).", registry=r)
         self.reasons = Counter("crmscore_reasons", "Customers whose reason codes came from the batch cache or "
                                "were computed on demand.", ("source",), registry=r)
-        self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._served: list[tuple[str, str, str]] = []
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+    def children(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter and latency histogram of one method, route template and status."""
         key = (method, route, status)
         child = self._children.get(key)
         if child is None:
             labels = (method, route, str(status))
             child = (self.requests.labels(*labels), self.latency.labels(*labels))
             self._children[key] = child
-        counter, histogram = child
-        counter.inc()  # type: ignore[attr-defined]
-        histogram.observe(seconds)  # type: ignore[attr-defined]
+        return child
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        counter, histogram = self._children.get((method, route, status)) or self.children(method, route, status)
+        counter.inc()
+        histogram.observe(seconds)
 
     def bundle_swapped(self, versions: dict[str, tuple[str, str | None]], customers: int, as_of: date | None,
                        load_seconds: float) -> None:

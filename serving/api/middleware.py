@@ -167,6 +167,63 @@ class QueueDelayMonitor:
         return max(0.0, asyncio.get_running_loop().time() - self._due)
 
 
+def refusal_body(why: str, request_id: str | None) -> dict[str, Any]:
+    return {"detail": f"server overloaded: {why}; retry shortly", "request_id": request_id}
+
+
+#: the most queue-delay refusals kept (one per millisecond figure); then they are built afresh
+_MAX_KEPT_REFUSALS = 1024
+_ID_SLOT = "\x00"  # where the request id goes in a refusal's body; json.dumps writes it "\u0000"
+_STATUS_503 = b"HTTP/1.1 503 Service Unavailable\r\n"
+
+
+class Refusal:
+    """One reason's 503, its bytes built once: what every overloaded request is answered.
+
+    The body is :func:`refusal_body` as JSON, kept in two pieces around its request id; the
+    headers are ``content-type``, ``content-length`` and ``Retry-After: 1``. Both ways of
+    refusing take it from :meth:`Admission.refuse`: :class:`LoadSheddingMiddleware` sends it
+    through ASGI (:meth:`send`), and the HTTP protocol of ``crmscore serve``
+    (:mod:`crmscore.serving.api.http_protocol`) writes :meth:`http_response` straight to the
+    transport, where nothing of it is built per request but the request id and the length.
+    """
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        slot = json.dumps(_ID_SLOT).encode()
+        self._before_id, self._after_id = json.dumps(refusal_body(why, _ID_SLOT)).encode().split(slot)
+        self._length = len(self._before_id) + len(self._after_id)
+        self._defaults: list[tuple[bytes, bytes]] | None = None
+        self._head = b""
+
+    def body(self, request_id: str | None) -> bytes:
+        """The JSON of :func:`refusal_body`."""
+        return b"".join((self._before_id, json.dumps(request_id).encode(), self._after_id))
+
+    async def send(self, send: Send, request_id: str | None) -> None:
+        """Answer through ASGI."""
+        body = self.body(request_id)
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": body})
+
+    def http_response(self, request_id: bytes, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+        """The whole HTTP/1.1 response, with ``X-Request-ID`` (as :class:`RequestContextMiddleware`
+        adds it) and ``default_headers`` (uvicorn's: its ``date``, renewed every second).
+
+        ``request_id`` must need no escaping in JSON: one that matched ``_VALID_REQUEST_ID``, or
+        a new hex one.
+        """
+        if default_headers is not self._defaults:
+            self._head = b"".join([_STATUS_503, *(b"%b: %b\r\n" % header for header in default_headers),
+                                   b"content-type: application/json\r\ncontent-length: "])
+            self._defaults = default_headers
+        return b'%b%d\r\nretry-after: 1\r\nx-request-id: %b\r\n%b\r\n%b"%b"%b' % (
+            self._head, self._length + 2 + len(request_id), request_id,
+            b"" if keep_alive else b"connection: close\r\n", self._before_id, request_id, self._after_id)
+
+
 #: the ``scope["state"]`` key by which the HTTP protocol of ``crmscore serve`` tells the
 #: middleware that it has already admitted the request (and counted it in flight)
 ADMITTED_KEY = "crmscore_admitted"
@@ -193,16 +250,35 @@ class Admission:
         self.queue_delay = queue_delay
         self.max_queue_delay_s = max_queue_delay_s
         self.in_flight = 0
+        self._full: dict[int, Refusal] = {}  # by the count in flight (always max_in_flight, in practice)
+        self._late: dict[int, Refusal] = {}  # by the milliseconds waited
 
-    def refusal(self) -> str | None:
-        """Why a request arriving now must be refused, or None to admit it."""
+    def refuse(self) -> Refusal | None:
+        """The refusal of a request arriving now, counted as shed; or None: admit it (:meth:`admit`).
+
+        Each reason's :class:`Refusal` is built once and kept: under overload this runs for
+        thousands of requests a second, almost all for the same reason.
+        """
         if self.in_flight >= self.max_in_flight:
-            return f"{self.in_flight} requests in flight (limit {self.max_in_flight})"
-        if self.queue_delay is not None and self.max_queue_delay_s > 0:
+            refusal = self._full.get(self.in_flight)
+            if refusal is None:
+                refusal = self._full[self.in_flight] = Refusal(
+                    f"{self.in_flight} requests in flight (limit {self.max_in_flight})")
+        elif self.queue_delay is not None and self.max_queue_delay_s > 0:
             waited = self.queue_delay.delay()
-            if waited > self.max_queue_delay_s:
-                return f"requests wait {waited * 1000:.0f} ms to start (limit {self.max_queue_delay_s * 1000:.0f} ms)"
-        return None
+            if waited <= self.max_queue_delay_s:
+                return None
+            waited_ms = round(waited * 1000)
+            refusal = self._late.get(waited_ms)
+            if refusal is None:
+                if len(self._late) >= _MAX_KEPT_REFUSALS:
+                    self._late.clear()
+                refusal = self._late[waited_ms] = Refusal(
+                    f"requests wait {waited_ms} ms to start (limit {self.max_queue_delay_s * 1000:.0f} ms)")
+        else:
+            return None
+        self.metrics.shed.inc()
+        return refusal
 
     def admit(self) -> None:
         self.in_flight += 1
@@ -213,13 +289,9 @@ class Admission:
         self.metrics.in_flight.set(self.in_flight)
 
 
-def refusal_body(why: str, request_id: str | None) -> dict[str, Any]:
-    return {"detail": f"server overloaded: {why}; retry shortly", "request_id": request_id}
-
-
 class LoadSheddingMiddleware:
-    """503 + Retry-After when :meth:`Admission.refusal` says so: ``max_in_flight`` requests
-    already admitted and not answered, or the event loop too far behind."""
+    """503 + Retry-After (a :class:`Refusal`) when :meth:`Admission.refuse` says so:
+    ``max_in_flight`` requests already admitted and not answered, or the event loop too far behind."""
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
@@ -231,10 +303,9 @@ class LoadSheddingMiddleware:
             return
         admission = self.admission
         if not scope.get("state", {}).get(ADMITTED_KEY):  # else admitted by the HTTP protocol already
-            why = admission.refusal()
-            if why is not None:
-                admission.metrics.shed.inc()
-                await send_json(send, 503, refusal_body(why, request_id_of(scope)), [(b"retry-after", b"1")])
+            refusal = admission.refuse()
+            if refusal is not None:
+                await refusal.send(send, request_id_of(scope))
                 return
             admission.admit()
         try:

@@ -767,6 +767,119 @@ async def test_serve_refuses_overload_as_soon_as_the_headers_are_parsed() -> Non
     assert transports[2].written.count(b"HTTP/1.1 200 ") == 1 and worked[-1] == "/v1/customers/2/scores"
 
 
+class _Response:
+    """The HTTP/1.1 responses in what a transport was written, as a client's parser (httptools) reads them."""
+
+    def __init__(self, written: bytes) -> None:
+        import httptools
+
+        self.messages: list[tuple[int, list[tuple[bytes, bytes]], bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body = b""
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser.feed_data(written)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.messages.append((self._parser.get_status_code(), self._headers, self._body))
+        self._headers, self._body = [], b""
+
+
+async def test_a_refusal_keeps_its_contract_whichever_way_it_is_written() -> None:
+    """An overloaded request's answer, written straight to the transport by crmscore serve's HTTP
+    protocol (from bytes built once per reason) or sent through ASGI by LoadSheddingMiddleware
+    (a request with a body): 503, the server's default headers (its date, renewed every second),
+    JSON with its Content-Length, Retry-After: 1, X-Request-ID (the client's if valid, else a new
+    one) and the same id in the body; the connection kept alive unless the client asked
+    otherwise; counted as shed and as a request. A client id makes both ways byte-identical."""
+    import re
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from crmscore.serving.api.http_protocol import shedding_protocol
+    from crmscore.serving.api.metrics import ServiceMetrics
+    from crmscore.serving.api.middleware import (
+        Admission,
+        LoadSheddingMiddleware,
+        RequestContextMiddleware,
+        refusal_body,
+    )
+
+    async def never(scope: dict, receive: Any, send: Any) -> None:
+        raise AssertionError("an overloaded request reached the app")
+
+    metrics = ServiceMetrics()
+    admission = Admission(max_in_flight=0, metrics=metrics)
+    config = Config(app=RequestContextMiddleware(LoadSheddingMiddleware(never, admission), metrics),
+                    log_config=None, proxy_headers=False)
+    config.load()
+    protocol, state = shedding_protocol(admission), ServerState()
+    state.default_headers = [(b"date", b"Mon, 07 Dec 2026 03:09:00 GMT")]
+    detail = "server overloaded: 0 requests in flight (limit 0); retry shortly"
+
+    async def exchange(*requests: bytes) -> tuple[_Transport, list[tuple[int, list[tuple[bytes, bytes]], bytes]]]:
+        """Each request sent on one new connection, in turn; the responses as a client reads them."""
+        connection, transport = protocol(config, state, {}), _Transport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        for request in requests:
+            connection.data_received(request)
+            while state.tasks:
+                await asyncio.sleep(0.01)
+        return transport, _Response(transport.written).messages
+
+    def get(extra: bytes = b"", version: bytes = b"1.1") -> bytes:
+        return b"GET /v1/customers/7/scores HTTP/" + version + b"\r\nHost: x\r\n" + extra + b"\r\n"
+
+    def refused(message: tuple[int, list[tuple[bytes, bytes]], bytes], date: bytes = b"Mon, 07 Dec 2026 03:09:00 GMT",
+                close: bool = False) -> str:
+        """Checks one refusal against the contract; its request id."""
+        status, headers, body = message
+        request_id = dict(headers)[b"x-request-id"].decode()
+        assert status == 503
+        assert headers == [(b"date", date), (b"content-type", b"application/json"),
+                           (b"content-length", str(len(body)).encode()), (b"retry-after", b"1"),
+                           (b"x-request-id", request_id.encode()), *([(b"connection", b"close")] if close else [])]
+        assert json.loads(body) == refusal_body("0 requests in flight (limit 0)", request_id)
+        assert json.loads(body) == {"detail": detail, "request_id": request_id}
+        return request_id
+
+    # written by the protocol: no task, nothing reaches the app
+    transport, messages = await exchange(get(), get(b"X-Request-ID: abc.4_Z-9\r\n"), get(b"X-Request-ID: bad id!\r\n"),
+                                         get(b"X-Request-ID: " + b"a" * 65 + b"\r\n"))
+    ids = [refused(message) for message in messages]
+    assert len(ids) == 4 and not transport.closed  # one keep-alive connection answered four times
+    assert ids[1] == "abc.4_Z-9"
+    assert all(re.fullmatch("[0-9a-f]{16}", new) for new in (ids[0], ids[2], ids[3])) and len(set(ids)) == 4
+    for request in (get(b"Connection: close\r\n"), get(version=b"1.0"), get(b"Connection: keep-alive\r\n", b"1.0")):
+        transport, messages = await exchange(request)
+        assert len(messages) == 1 and transport.closed
+        refused(messages[0], close=True)
+    next_second = b"Mon, 07 Dec 2026 03:09:01 GMT"
+    state.default_headers = [(b"date", next_second)]  # as uvicorn renews them
+    refused((await exchange(get()))[1][0], date=next_second)
+
+    # sent through ASGI (a body: uvicorn's own path), then the same request without a body
+    post = (b"POST /v1/customers/7/scores HTTP/1.1\r\nHost: x\r\nX-Request-ID: same-id\r\n"
+            b"Content-Length: 2\r\n\r\n{}")
+    through_asgi, _ = await exchange(post)
+    through_protocol, _ = await exchange(get(b"X-Request-ID: same-id\r\n"))
+    assert refused(_Response(through_asgi.written).messages[0], date=next_second) == "same-id"
+    assert through_asgi.written == through_protocol.written and not through_asgi.closed
+
+    rendered = metrics.render().decode()
+    assert "crmscore_http_requests_shed_total 10.0" in rendered
+    for method, count in (("GET", 9), ("POST", 1)):
+        labels = f'method="{method}",route="<unmatched>",status="503"'
+        assert f"crmscore_http_requests_total{{{labels}}} {count}.0" in rendered
+        assert f"crmscore_http_request_duration_seconds_count{{{labels}}} {count}.0" in rendered
+
+
 async def test_the_queue_delay_is_watched_only_when_asked() -> None:
     """In-process callers (tests, notebooks) run their own code on the app's loop: not watched."""
     from crmscore.serving.api.app import create_app
