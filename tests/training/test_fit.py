@@ -214,3 +214,26 @@ def test_fit_bundle_refuses_the_base_on_noise(seed: int) -> None:
     trees_only = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(margin_log_linear_base=False),
                             label="label_margin")
     assert bundle.booster.model_to_string() == trees_only.booster.model_to_string()
+
+
+def test_log_linear_base_prediction_is_the_sum_of_its_terms_in_every_block() -> None:
+    """The base's fast path (blocks of rows, in place) equals its definition, the sum of the
+    per-feature terms reason codes use, on more rows than one block, with missing values,
+    values past the training range and negative values."""
+    from crmscore.bundle import _BASE_BLOCK_ROWS
+    from crmscore.training.train import fit_log_linear_base
+
+    rng = np.random.default_rng(3)
+    n = 3_000
+    X = np.column_stack([rng.gamma(2.0, 50.0, n), rng.poisson(3.0, n).astype(float), rng.normal(0, 5, n)])
+    y = rng.poisson(np.exp(0.3 * np.log1p(X[:, 0]) + 0.2 * np.log1p(X[:, 1])))
+    base = fit_log_linear_base(X, y.astype(float), ["spend", "orders", "trend"], [], 1.5)
+    assert base is not None
+    rows = 2 * _BASE_BLOCK_ROWS + 17
+    Z = np.column_stack([rng.gamma(2.0, 80.0, rows), rng.poisson(4.0, rows).astype(float), rng.normal(0, 9, rows)])
+    Z[rng.random(Z.shape) < 0.1] = np.nan
+    Z[:5, 0] = [1e12, -1e12, 0.0, -0.0, np.nan]
+    expected = base.intercept + float(np.sum(base.term_mean)) + base.terms(Z).sum(axis=1)
+    np.testing.assert_allclose(base(Z), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(base(Z[:1]), expected[:1], rtol=0, atol=1e-12)
+    assert base(Z[:0]).shape == (0,)
