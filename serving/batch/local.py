@@ -295,6 +295,21 @@ class _OrderedWriter:
                 self.path.unlink(missing_ok=True)
 
 
+def write_error(exc: OSError, out_path: Path, hidden: Iterable[Path]) -> BatchError:
+    """The error for a failed write of a job writing ``out_path`` (both engines).
+
+    A failure in one of the job's ``hidden`` paths beside the output (its work folder or
+    temporary output) names the folder the user chose and can act on, and keeps the
+    underlying error (which file, and why) after it.
+    """
+    failed = Path(exc.filename) if isinstance(exc.filename, str | os.PathLike) else None
+    if failed is not None and any(failed == h or h in failed.parents for h in hidden):
+        return BatchError(f"batch scoring could not write in the output folder {out_path.parent}: {exc}; "
+                          f"nothing was written to {out_path}")
+    where = exc.filename or out_path
+    return BatchError(f"batch scoring could not write {where}: {exc.strerror or exc}; nothing was written to {out_path}")
+
+
 def _prepare_workdir(work: Path, manifest: dict) -> None:
     path = work / "manifest.json"
     if work.exists():
@@ -418,14 +433,6 @@ def run_local(
             tmp_out.unlink(missing_ok=True)
         except OSError:
             pass
-        failed = Path(exc.filename) if isinstance(exc.filename, str | os.PathLike) else None
-        if failed is not None and (failed == work or work in failed.parents
-                                   or failed == tmp_out):
-            # our hidden work folder or temporary file: name the folder the user chose and can
-            # act on, and keep the underlying error (which file, and why) after it
-            raise BatchError(f"batch scoring could not write in the output folder {out_path.parent}: {exc}; "
-                             f"nothing was written to {out_path}") from exc
-        where = exc.filename or out_path
-        raise BatchError(f"batch scoring could not write {where}: {exc.strerror or exc}; nothing was written to {out_path}") from exc
+        raise write_error(exc, out_path, hidden=(work, tmp_out)) from exc
     logger.info("scored %d customers into %s", total_rows, out_path)
     return cutoffs

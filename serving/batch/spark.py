@@ -34,7 +34,7 @@ from crmscore.serving.batch.chunks import (
     score_chunk,
     to_arrow,
 )
-from crmscore.serving.batch.local import CUTOFF_COLUMNS, BatchError
+from crmscore.serving.batch.local import CUTOFF_COLUMNS, write_error
 from crmscore.serving.policy import Cutoffs, Policy
 from crmscore.serving.portfolio import resolve_cutoffs
 from crmscore.serving.scoring import ModelSet
@@ -81,6 +81,14 @@ def run_spark(
     from crmscore.features.engines.spark import spark_session
 
     snapshot_path, out_path = Path(snapshot_path), Path(out_path)
+    tmp = out_path.parent / f".{out_path.name}.spark-tmp"
+    try:  # can the output be written? Asked before any Spark work, not after all of it
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        tmp.rmdir()  # Spark makes it again, and refuses to write into an existing folder
+    except OSError as exc:
+        raise write_error(exc, out_path, hidden=(tmp,)) from exc
     spark = spark_session(master)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(1, min(chunk_rows, 50_000))))
     schema = pq.read_schema(snapshot_path)
@@ -131,8 +139,6 @@ def run_spark(
                 yield to_arrow(placed, final_arrow).to_pandas()
 
         final = pass1.mapInPandas(place_batches, schema=final_schema)
-        tmp = out_path.parent / f".{out_path.name}.spark-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
             final.write.mode("overwrite").parquet(str(tmp))
             (tmp / SIDECAR).write_text(json.dumps({"cutoffs": json.loads(cutoffs.model_dump_json()), "policy": policy.label}))
@@ -143,7 +149,7 @@ def run_spark(
             os.replace(tmp, out_path)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise BatchError(f"batch scoring could not write {out_path}: {exc}; nothing was written") from exc
+            raise write_error(exc, out_path, hidden=(tmp,)) from exc
     finally:
         pass1.unpersist()
     logger.info("spark engine scored the snapshot into %s", out_path)

@@ -159,3 +159,27 @@ def test_a_read_only_output_folder_is_a_clear_error_with_no_partial_output(
     assert named.replace(" ", "") in message.replace(" ", ""), message[-1000:]
     assert f"nothing was written to {out}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
     assert list(folder.iterdir()) == []  # no output, no part, no work folder
+
+
+@pytest.mark.spark
+def test_a_read_only_output_folder_is_a_clear_error_on_spark_too(trained_models: Any, tmp_path: Path) -> None:
+    """The Spark engine asks whether it can write beside the output before any Spark work:
+    the local engine's message, no Python traceback, nothing left (it used to fail at the
+    end, after all the scoring, with Spark's Java stack as a Python traceback)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    out = folder / "scores.parquet"
+    folder.chmod(0o555)
+    preexec = _held_to_file_modes if os.geteuid() == 0 else None
+    try:
+        done = subprocess.run([*_command(trained_models, out), "--engine", "spark"], env=_env(trained_models),
+                              capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    message = " ".join(done.stderr.split())
+    named = f"batch scoring could not write in the output folder {folder}: [Errno 13] Permission denied: "
+    assert named.replace(" ", "") in message.replace(" ", ""), message[-1000:]
+    assert f"nothing was written to {out}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
+    assert list(folder.iterdir()) == []
