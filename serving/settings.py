@@ -62,8 +62,8 @@ class ServingSettings(BaseSettings):
         work the event loop does before it reads again, and so how long a refusal waits.
     max_queue_delay_ms : int
         ``crmscore serve``: a request that has waited longer than this for the event loop gets
-        503 with ``Retry-After`` at once (0 = never); default 250 ms, about 20 times the p99 of
-        a loaded server, so only a backlog triggers it (docs/reliability.md, "Overload").
+        503 with ``Retry-After`` at once (0 = never); default 250 ms, far above the p99 of a
+        loaded server, so only a backlog triggers it (measured: docs/reliability.md, "Overload").
     max_connections : int
         uvicorn's ``limit_concurrency``, the backstop on memory: while this many connections are
         open, uvicorn answers *every* request 503 and closes its connection (idle keep-alive
@@ -81,11 +81,10 @@ class ServingSettings(BaseSettings):
     load_niceness : int
         CPU niceness (0 to 19) of the process that builds reloaded bundles (the first load runs
         in the server itself). Default 10: while the cores are busy serving, requests come
-        first and the build waits (reload benchmark, docs/reliability.md: p99 during reloads
-        1.08-1.31 x the p99 without in 5 runs at 10, 1.03-2.02 x in 4 runs at 0; a reload of
-        5,000 customers took 1-6.5 s at 0, and at 10 2-4 s on a quieter machine, 6-23 s with
-        both cores saturated, where the build still gets about a tenth of a core). 0 builds at
-        the server's own priority.
+        first and the build waits, so a reload takes longer on saturated cores but disturbs
+        the requests less (the reload benchmark's figures at 10 and at 0 are in
+        docs/reliability.md, section 2, not copied here, where they would go stale). 0 builds
+        at the server's own priority.
     load_retry_seconds : float
         While no bundle is loaded (the first load failed), retry every this many seconds;
         0 = only on ``POST /v1/admin/reload``.
