@@ -270,41 +270,44 @@ class LogLinearBase:
 
     def terms(self, X: np.ndarray) -> np.ndarray:
         """Shape (n, len(columns)): each feature's centred part of the base's log prediction."""
-        V = np.asarray(X, dtype=np.float64)[:, self.columns]
-        missing = np.isnan(V)
-        Z = np.sign(V) * np.log1p(np.abs(V))
-        Z = np.clip(np.where(missing, np.asarray(self.median), Z), self.low, self.high)
-        Z = (Z - np.asarray(self.mean)) / np.asarray(self.scale)
-        return Z * np.asarray(self.coef) + missing * np.asarray(self.coef_missing) - np.asarray(self.term_mean)
+        n, v = X.shape[0], self._vectors
+        V, Z = np.empty((n, len(self.columns))), np.empty((n, len(self.columns)))
+        missing = self._transform(np.asarray(X, dtype=np.float64), V, Z, np.empty(V.shape, dtype=bool))
+        return (Z - v["mean"]) * v["weight"] + missing * v["coef_missing"] - np.asarray(self.term_mean)
+
+    def _transform(self, X: np.ndarray, V: np.ndarray, Z: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """Fill ``Z`` with the features as the GLM reads them (``sign(x) log(1 + |x|)``, the
+        median where missing, clipped to the training range) and ``missing`` with where they
+        are missing, for the rows of ``X``; ``V`` (same shape) is scratch. Returns ``missing``."""
+        np.take(X, self._vectors["columns"], axis=1, out=V)
+        np.isnan(V, out=missing)
+        np.abs(V, out=Z)
+        np.log1p(Z, out=Z)
+        np.copysign(Z, V, out=Z)
+        np.copyto(Z, self._vectors["median"], where=missing)
+        np.clip(Z, self._vectors["low"], self._vectors["high"], out=Z)
+        return missing
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         """The base's log prediction per row: ``intercept + sum(term_mean) + terms(X).sum(1)``.
 
-        Computed in blocks of rows, in place in two buffers reused from block to block, as two
-        matrix-vector products: :meth:`terms`' eight (n x features) temporaries cost the batch
-        job more than the trees' predict (first touches of fresh memory on these VMs).
+        Computed in blocks of rows, in buffers reused from block to block, as two matrix-vector
+        products: full-size (n x features) temporaries for every step, as the per-feature
+        :meth:`terms` needs, cost the batch job more than the trees' predict (first touches of
+        fresh memory on these VMs).
         """
         X = np.asarray(X, dtype=np.float64)
         v = self._vectors
-        columns, weight = np.asarray(self.columns, dtype=np.intp), v["weight"]
-        constant = self.intercept - float(v["mean"] @ weight)
+        constant = self.intercept - float(v["mean"] @ v["weight"])
         out = np.empty(X.shape[0])
-        rows = min(X.shape[0], _BASE_BLOCK_ROWS)
-        V, Z = np.empty((rows, columns.size)), np.empty((rows, columns.size))
-        missing = np.empty((rows, columns.size), dtype=bool)
+        shape = (min(X.shape[0], _BASE_BLOCK_ROWS), len(self.columns))
+        V, Z, missing = np.empty(shape), np.empty(shape), np.empty(shape, dtype=bool)
         for start in range(0, X.shape[0], _BASE_BLOCK_ROWS):
             stop = min(X.shape[0], start + _BASE_BLOCK_ROWS)
             b = stop - start
-            Vb, Zb, mb = V[:b], Z[:b], missing[:b]
-            np.take(X[start:stop], columns, axis=1, out=Vb)
-            np.isnan(Vb, out=mb)
-            np.abs(Vb, out=Zb)
-            np.log1p(Zb, out=Zb)
-            np.copysign(Zb, Vb, out=Zb)  # sign(x) log(1 + |x|)
-            np.copyto(Zb, v["median"], where=mb)
-            np.clip(Zb, v["low"], v["high"], out=Zb)
-            np.copyto(Vb, mb)  # V's buffer, reused as the missing indicators (0.0 / 1.0)
-            out[start:stop] = Zb @ weight + Vb @ v["coef_missing"] + constant
+            self._transform(X[start:stop], V[:b], Z[:b], missing[:b])
+            np.copyto(V[:b], missing[:b])  # V's buffer, reused as the missing indicators (0.0 / 1.0)
+            out[start:stop] = Z[:b] @ v["weight"] + V[:b] @ v["coef_missing"] + constant
         return out
 
     @functools.cached_property
@@ -313,6 +316,7 @@ class LogLinearBase:
         vectors = {name: np.asarray(getattr(self, name), dtype=np.float64)
                    for name in ("low", "high", "median", "mean", "scale", "coef", "coef_missing")}
         vectors["weight"] = vectors["coef"] / vectors["scale"]
+        vectors["columns"] = np.asarray(self.columns, dtype=np.intp)
         return vectors
 
 

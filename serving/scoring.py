@@ -87,8 +87,7 @@ class ModelSet:
     def credit_history(self, X: np.ndarray) -> np.ndarray:
         """Rows with an invoice before the as-of date: the only ones with a credit score, so
         the only ones the credit model predicts or explains (about a third of a B2C base)."""
-        with np.errstate(invalid="ignore"):
-            return np.asarray(self.column(X, CREDIT_HISTORY) > 0)
+        return self.column(X, CREDIT_HISTORY) > 0  # NaN (unknown) compares False
 
     def matrix(self, X: np.ndarray, kind: ModelKind) -> np.ndarray:
         """The columns of the union matrix ``X`` that ``kind`` reads: ``X`` itself when it reads

@@ -64,7 +64,7 @@ class ServiceMetrics:
         return child
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        counter, histogram = self._children.get((method, route, status)) or self.children(method, route, status)
+        counter, histogram = self.children(method, route, status)
         counter.inc()
         histogram.observe(seconds)
 

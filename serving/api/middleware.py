@@ -64,7 +64,11 @@ def request_id_of(scope: Scope) -> str | None:
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = json.dumps(body).encode()
+    await send_json_bytes(send, status, json.dumps(body).encode(), headers)
+
+
+async def send_json_bytes(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer through ASGI with ``payload``, JSON already encoded."""
     await send({
         "type": "http.response.start",
         "status": status,
@@ -202,11 +206,7 @@ class Refusal:
 
     async def send(self, send: Send, request_id: str | None) -> None:
         """Answer through ASGI."""
-        body = self.body(request_id)
-        await send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_bytes(send, 503, self.body(request_id), [(b"retry-after", b"1")])
 
     def http_response(self, request_id: bytes, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The whole HTTP/1.1 response, with ``X-Request-ID`` (as :class:`RequestContextMiddleware`

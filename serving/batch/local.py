@@ -113,18 +113,27 @@ def _part_path(work: Path, i: int) -> Path:
     return work / f"scores-{i:05d}.arrow"
 
 
+def _write_ipc(table: pa.Table, path: Path | str, compression: str | None = None) -> None:
+    """``table`` as an Arrow IPC file (pass 1's parts with LZ4; placed chunks uncompressed, so
+    the job maps them without a copy)."""
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as ipc:
+        ipc.write_table(table)
+
+
 def _write_part(table: pa.Table, path: Path) -> None:
-    def write(tmp: str) -> None:
-        options = pa.ipc.IpcWriteOptions(compression="lz4")
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as ipc:
-            ipc.write_table(table)
-    write_atomic(path, write)
+    write_atomic(path, lambda tmp: _write_ipc(table, tmp, compression="lz4"))
 
 
 def _read_part(path: Path, columns: Iterable[str] | None = None) -> pa.Table:
+    """An Arrow IPC file, memory-mapped; with ``columns``, only those of them it has (the
+    others are neither read nor decompressed)."""
     with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
-    return table if columns is None else table.select(list(columns))
+        if columns is None:
+            return pa.ipc.open_file(source).read_all()
+        names = pa.ipc.open_file(source).schema.names
+        wanted = [names.index(c) for c in columns if c in names]
+        return pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=wanted)).read_all()
 
 
 class _WorkerModels:
@@ -222,17 +231,14 @@ def _place_in_worker(i: int, features: pd.DataFrame | None) -> Path:
     process maps it without a copy, where a pickled table through a pipe cost it ~0.3 CPU-s
     a chunk of 100k (three copies of ~100 MB), a third of what placing the chunk costs."""
     assert _placement is not None, "a placement worker runs only after _start_placer"
-    table = _placement(i, features)
     path = _placement.work / f"placed-{i:05d}.arrow"
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as ipc:
-        ipc.write_table(table)
+    _write_ipc(_placement(i, features), path)
     return path
 
 
 def _read_placed(path: Path) -> pa.Table:
     """A worker's placed chunk, mapped, not read; the file is removed (the mapping keeps it)."""
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+    table = _read_part(path)
     path.unlink()
     return table
 
@@ -402,9 +408,8 @@ def run_local(
         if cutoffs_file.exists():
             cutoffs = Cutoffs.model_validate_json(cutoffs_file.read_text())
         else:
-            parts = [_part_path(work, i) for i in range(n_chunks)]
-            columns = [c for c in CUTOFF_COLUMNS if c in _read_part(parts[0]).column_names]
-            portfolio = pd.concat([_read_part(p, columns).to_pandas() for p in parts], ignore_index=True)
+            portfolio = pd.concat([_read_part(_part_path(work, i), CUTOFF_COLUMNS).to_pandas() for i in range(n_chunks)],
+                                  ignore_index=True)
             cutoffs = resolve_cutoffs(policy, portfolio)
             tmp = work / "cutoffs.json.tmp"
             tmp.write_text(cutoffs.model_dump_json())
