@@ -1,9 +1,9 @@
 """Flat-table mode: a data scientist's own customer-level table, already featurised.
 
 ``crmscore fit-table KIND --train FILE --target COLUMN`` learns the kind's model from any
-table: string columns are categoricals (LightGBM native), the target may be 0/1, bool or
-labels (``--positive`` names the positive class), and the run is tracked in MLflow like any
-other (experiment ``crm-<kind>``, tag ``crmscore.mode=fit-table``). It is *not* registered:
+table: text columns are categoricals (LightGBM native) unless they hold numbers or ISO dates
+(:func:`plan_columns`), the target may be 0/1, bool or labels (``--positive`` names the positive
+class), and the run is tracked in MLflow like any other (experiment ``crm-<kind>``, tag ``crmscore.mode=fit-table``). It is *not* registered:
 a table of other features cannot serve the CRM, so it never competes for ``champion``.
 """
 
@@ -52,31 +52,160 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
     if suffix == ".parquet":
         return pd.read_parquet(path)
     if suffix in (".csv", ".txt"):
-        return pd.read_csv(path, low_memory=False)
+        return pd.read_csv(path, low_memory=False, **csv_format(path))
     raise TableError(f"{role} table {path} must be .csv or .parquet; got {path.suffix or 'no suffix'}")
 
 
-def check_numeric_junk(frame: pd.DataFrame, columns: list[str], name: str) -> None:
-    """Reject text columns that are numbers apart from a few junk values (a broken export)."""
-    problems = []
+def csv_format(path: Path) -> dict[str, str]:
+    """``read_csv`` options for the file's separator: the one its header line holds most of.
+
+    Spreadsheets in locales with a decimal comma export with ``;`` and write ``1,5``: read with
+    ``,`` such a file is one column whose name is the whole header. The header decides, as it
+    holds no numbers; a column name with a comma in it does not outvote the separators.
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    sep = max((",", ";", "\t", "|"), key=header.count)  # ties (none in the header): ","
+    return {"sep": sep, "decimal": "," if sep == ";" else "."}
+
+
+#: text cells that mean "no value": what ``pandas.read_csv`` reads as missing by default (so a
+#: Parquet or in-memory table reads like its CSV), and ``?``, the UCI repository's marker.
+#: Blank and whitespace-only cells are missing too.
+MISSING_MARKERS = frozenset({
+    "", "?", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})
+#: ISO 8601 dates and times, the only text read as dates: other formats are ambiguous (is
+#: 03/04 March or April?) and stay text
+ISO_DATE = r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?$"
+#: characters LightGBM refuses in a feature name (JSON's) and whitespace, which it rewrites
+UNSAFE_NAME = r'[\s"\',:\[\]{}\\]+'
+EPOCH = pd.Timestamp("1970-01-01")
+
+
+def _is_text(s: pd.Series) -> bool:
+    return s.dtype == object or pd.api.types.is_string_dtype(s)
+
+
+def _blank_to_missing(s: pd.Series) -> pd.Series:
+    """Text cells that are blank or a missing marker become missing; other cells unchanged."""
+    text = s.astype("object")
+    stripped = text.where(text.isna(), text.astype(str).str.strip())
+    return text.where(~stripped.isin(MISSING_MARKERS), None)
+
+
+def _as_days(s: pd.Series) -> pd.Series:
+    """Dates and durations as days (since 1970-01-01 for dates), so trees can split on them."""
+    if pd.api.types.is_timedelta64_dtype(s):
+        return s.dt.total_seconds() / 86_400
+    if not pd.api.types.is_datetime64_any_dtype(s):
+        s = pd.to_datetime(s, format="ISO8601", utc=True)
+    if getattr(s.dt, "tz", None) is not None:
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    return (s - EPOCH).dt.total_seconds() / 86_400
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How a table's feature columns become the model's: decided once on train and test together,
+    so both are read alike and a test table cannot turn a number column into text.
+
+    Attributes
+    ----------
+    names : dict
+        Table column -> model column: LightGBM refuses JSON's special characters in feature
+        names (``amount, net``, ``x[1]``), so they become ``_``; the table's own name is kept as
+        the model column's description (the reason codes' text).
+    numbers : tuple of str
+        Text columns read as numbers: every value is a number, blank or a missing marker.
+    days : tuple of str
+        Date and duration columns, and ISO 8601 text, read as days.
+    """
+
+    names: dict[str, str]
+    numbers: tuple[str, ...] = ()
+    days: tuple[str, ...] = ()
+
+    def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The table's feature columns, converted and renamed (text stays text)."""
+        out = {}
+        for col, name in self.names.items():
+            s = frame[col]
+            if col in self.days:
+                s = _as_days(_blank_to_missing(s) if _is_text(s) else s)
+            elif col in self.numbers:
+                s = pd.to_numeric(_blank_to_missing(s))
+            elif _is_text(s):
+                s = _blank_to_missing(s)
+            out[name] = s
+        return pd.DataFrame(out, index=frame.index)
+
+    @property
+    def descriptions(self) -> dict[str, str]:
+        return {name: col for col, name in self.names.items() if name != col}
+
+
+def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> ColumnPlan:
+    """Decide how each column is read, from its values in every table (train, then test).
+
+    Raises
+    ------
+    TableError
+        Naming each text column whose values are numbers apart from a few others (a broken
+        export), with the table, the count and examples; blanks and missing markers are not junk.
+    """
+    import re
+
+    numbers, days, problems = [], [], []
     for col in columns:
-        s = frame[col]
-        if not (s.dtype == object or pd.api.types.is_string_dtype(s)):
+        series = [(frame[col], name) for frame, name in tables]
+        if any(pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s) for s, _ in series):
+            days.append(col)
             continue
-        values = s.dropna()
-        if values.empty:
+        if not any(_is_text(s) for s, _ in series):
             continue
-        parsed = pd.to_numeric(values, errors="coerce")
-        share = parsed.notna().mean()
-        if NUMERIC_SHARE <= share < 1.0:
-            junk = values[parsed.isna()]
-            examples = ", ".join(repr(v) for v in junk.unique()[:3])
-            problems.append(f"{col!r} ({len(junk)} of {len(values)} values, e.g. {examples})")
+        values = [(_blank_to_missing(s).dropna(), name) for s, name in series]
+        present = pd.concat([v for v, _ in values])
+        if present.empty:  # nothing but blanks: a number column with no values
+            numbers.append(col)
+            continue
+        share = pd.to_numeric(present, errors="coerce").notna().mean()
+        if share == 1.0:
+            numbers.append(col)
+        elif share >= NUMERIC_SHARE:
+            for v, name in values:
+                junk = v[pd.to_numeric(v, errors="coerce").isna()]
+                if len(junk):
+                    examples = ", ".join(repr(x) for x in junk.unique()[:3])
+                    problems.append((name, f"{col!r} ({len(junk)} of {len(v)} values, e.g. {examples})"))
+        elif present.astype(str).str.fullmatch(ISO_DATE).all():
+            days.append(col)
     if problems:
-        raise TableError(
-            f"non-numeric values in numeric column(s) of {name}: {'; '.join(problems)}; "
-            "fix or blank them (blank = missing)"
-        )
+        by_table: dict[str, list[str]] = {}
+        for name, text in problems:
+            by_table.setdefault(name, []).append(text)
+        raise TableError(" ".join(
+            f"non-numeric values in numeric column(s) of {name}: {'; '.join(texts)}; "
+            "fix or blank them (blank = missing)" for name, texts in by_table.items()
+        ))
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for col in columns:
+        base = re.sub(UNSAFE_NAME, "_", str(col)).strip("_") or "column"
+        name, k = base, 2
+        while name in taken or name in (TARGET, ROW_ID):
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        names[col] = name
+    return ColumnPlan(names, tuple(numbers), tuple(days))
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def encode_target(series: pd.Series, kind: ModelKind, positive: str | None, name: str) -> np.ndarray:
@@ -93,16 +222,20 @@ def encode_target(series: pd.Series, kind: ModelKind, positive: str | None, name
     text = present.astype(str)
     if positive is not None:
         distinct = sorted(text.unique())
-        if positive not in distinct:
+        if positive in distinct:
+            is_positive = series.astype(str) == positive
+        elif (number := _number(positive)) is not None and (numeric := pd.to_numeric(series, errors="coerce")).eq(number).any():
+            is_positive = numeric == number  # --positive 1 on a column read as 0.0/1.0
+        else:
             shown = ", ".join(repr(v) for v in distinct[:10])
             raise TableError(f"positive class {positive!r} does not occur in target {column!r} of {name}; its values are {shown}")
-        out = np.where(series.isna(), np.nan, (series.astype(str) == positive).astype(np.float64))
-        return out.astype(np.float64)
+        return np.where(series.isna(), np.nan, is_positive.astype(np.float64)).astype(np.float64)
     if pd.api.types.is_bool_dtype(present):
         return series.map({True: 1.0, False: 0.0}).to_numpy(dtype=np.float64, na_value=np.nan)
     lowered = set(text.str.lower().unique())
-    if lowered <= {"true", "false"}:
-        return np.where(series.isna(), np.nan, (series.astype(str).str.lower() == "true").astype(np.float64))
+    for yes, no in (("true", "false"), ("yes", "no")):  # booleans, however they were exported
+        if lowered <= {yes, no}:
+            return np.where(series.isna(), np.nan, (series.astype(str).str.lower() == yes).astype(np.float64))
     numeric = pd.to_numeric(present, errors="coerce")
     if numeric.notna().all() and set(numeric.unique()) <= {0, 1}:
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -119,6 +252,8 @@ class FitTableResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     predictions: pd.DataFrame | None = None
     run_id: str | None = None
+    #: five rows as the model reads them (converted, renamed): the MLflow input example
+    example: pd.DataFrame | None = None
 
 
 def _config_for(n_rows: int, base: TrainConfig) -> TrainConfig:
@@ -163,15 +298,16 @@ def fit_table(
             if extra:
                 parts.append(f"unexpected {', '.join(extra)}")
             raise TableError(f"{test_name} columns differ from {train_name}: {'; '.join(parts)}")
-    check_numeric_junk(train, features, train_name)
-    if test is not None:
-        check_numeric_junk(test, features, test_name)
+    tables = [(train, train_name)] + ([(test, test_name)] if test is not None else [])
+    plan = plan_columns(features, tables)
+    if plan.numbers or plan.days:
+        logger.info("read as numbers: %s; as days: %s", ", ".join(plan.numbers) or "-", ", ".join(plan.days) or "-")
 
     y = encode_target(train[target], kind, positive, train_name)
     labelled = ~np.isnan(y)
     if (~labelled).any():
         logger.warning("%d rows of %s have no target and are left out of training", int((~labelled).sum()), train_name)
-    frame = train.loc[labelled, features].copy()
+    frame = plan.apply(train.loc[labelled])
     y = y[labelled]
     if len(frame) < MIN_TABLE_ROWS:
         raise TableError(
@@ -182,29 +318,34 @@ def fit_table(
         raise TableError(f"target {target!r} of {train_name} is constant ({int(y[0])} for every row): there is nothing to learn")
     if not kind.is_classifier and np.nanstd(y) == 0:
         raise TableError(f"target {target!r} of {train_name} is constant ({y[0]}): there is nothing to learn")
-    frame[TARGET] = y
-    config = _config_for(len(frame), config)
+    test_frame = plan.apply(test) if test is not None else None
 
     # Text columns become categoricals over the levels seen in training (and test).
-    text_cols = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
-    for col in text_cols:
+    for col in [c for c in frame.columns if _is_text(frame[c])]:
         levels = set(frame[col].dropna().astype(str))
-        if test is not None:
-            levels |= set(test[col].dropna().astype(str))
+        if test_frame is not None:
+            levels |= set(test_frame[col].dropna().astype(str))
         frame[col] = pd.Categorical(frame[col].astype("object").where(frame[col].notna(), None), categories=sorted(levels))
-    fs = infer_feature_set(frame, [TARGET])
+    frame[TARGET] = y
+    config = _config_for(len(frame), config)
+    try:
+        fs = infer_feature_set(frame, [TARGET], plan.descriptions)
+    except ValueError as exc:
+        raise TableError(f"{train_name}: {exc}") from None
 
     targets = [PropensityTarget(positive or "1", TARGET)] if kind is ModelKind.PROPENSITY else []
     bundle, oof, y_oof = fit_bundle_cv(kind, frame, fs, config, label=TARGET, targets=targets)
-    result = FitTableResult(bundle)
+    example_rows = test_frame if test_frame is not None else frame
+    result = FitTableResult(bundle, example=_as_training_frame(example_rows.head(5), fs))
     result.metrics["validation"] = _metrics_from(kind, y_oof, oof)  # out-of-fold
     try:
         baseline = fit_baseline(kind, frame, fs, TARGET, config)
     except ValueError as exc:  # the baseline is a comparison, never a reason to fail the fit
         logger.warning("baseline not fitted: %s", exc)
         baseline = None
-    if test is not None:
-        scores = _predict(bundle, test, fs)
+    if test is not None and test_frame is not None:
+        test_rows = _as_training_frame(test_frame, fs)
+        scores = _predict(bundle, test_rows)
         ids = test[id_column].to_numpy() if id_column else np.arange(len(test))
         result.predictions = pd.DataFrame({id_column or "row": ids, "score": scores})
         if target in test.columns:
@@ -212,9 +353,8 @@ def fit_table(
             ok = ~np.isnan(y_test)
             result.metrics["test"] = _metrics_from(kind, y_test[ok], scores[ok])
             if baseline is not None:
-                test_frame = _as_training_frame(test, fs)
                 result.metrics["test"]["baseline"] = _metrics_from(
-                    kind, y_test[ok], predict_baseline(baseline, kind, test_frame, fs)[ok]
+                    kind, y_test[ok], predict_baseline(baseline, kind, test_rows, fs)[ok]
                 )
     return result
 
@@ -227,15 +367,9 @@ def _as_training_frame(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
     return out
 
 
-def _predict(bundle: ModelBundle, frame: pd.DataFrame, fs: FeatureSet) -> np.ndarray:
-    pred = bundle.predict(bundle.encode(_as_training_frame(frame, fs)))
+def _predict(bundle: ModelBundle, rows: pd.DataFrame) -> np.ndarray:
+    pred = bundle.predict(bundle.encode(rows))
     return pred[:, 0] if pred.ndim == 2 else pred
-
-
-def _metrics(bundle: ModelBundle, frame: pd.DataFrame, kind: ModelKind) -> dict[str, Any]:
-    pred = bundle.predict(bundle.encode(frame))
-    pred = pred[:, 0] if pred.ndim == 2 else pred
-    return _metrics_from(kind, frame[TARGET].to_numpy(dtype=np.float64), pred)
 
 
 def _metrics_from(kind: ModelKind, y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -282,7 +416,6 @@ def fit_table_job(
         tracking.setup_tracking(home)
         flat = {f"validation_{k}": v for k, v in result.metrics.get("validation", {}).items() if not isinstance(v, dict)}
         flat.update({f"test_{k}": v for k, v in result.metrics.get("test", {}).items() if not isinstance(v, dict)})
-        example = _as_training_frame((test if test is not None else train).head(5), _feature_set(result.bundle))
         record = tracking.log_run(
             result.bundle,
             params={"mode": "fit-table", "target": target, "positive": positive or "", "train_rows": len(train),
@@ -290,12 +423,9 @@ def fit_table_job(
             metrics=flat,
             tags={"crmscore.mode": "fit-table", "crmscore.data.train": str(Path(train_path).resolve()),
                   "crmscore.data.hash": tracking.frame_fingerprint(train)},
-            figures={}, input_example=example, register=False, home=home,
+            figures={}, input_example=result.example, register=False, home=home,
             run_name=f"fit-table-{Path(train_path).stem}",
         )
         result.run_id = record.run_id
     return result
 
-
-def _feature_set(bundle: ModelBundle) -> FeatureSet:
-    return FeatureSet(bundle.feature_names, bundle.categorical_levels)

@@ -117,11 +117,94 @@ def test_too_few_rows(churn_frame) -> None:
 def test_junk_in_a_numeric_column(churn_frame) -> None:
     frame = churn_frame.copy()
     frame["revenue_90d"] = frame["revenue_90d"].astype(object)
-    frame.iloc[3, frame.columns.get_loc("revenue_90d")] = "n/a"
+    frame.iloc[3, frame.columns.get_loc("revenue_90d")] = "12 EUR"
     with pytest.raises(TableError) as err:
         fit_table(ModelKind.CHURN, frame, "churned")
     assert str(err.value).startswith("non-numeric values in numeric column(s) of train: 'revenue_90d' (1 of ")
-    assert "e.g. 'n/a'" in str(err.value)
+    assert "e.g. '12 EUR'" in str(err.value)
+
+
+def test_junk_only_in_the_test_table_names_the_test_table(churn_frame) -> None:
+    train, test = churn_frame.iloc[:800], churn_frame.iloc[800:].copy()
+    test["revenue_90d"] = test["revenue_90d"].astype(object)
+    test.iloc[0, test.columns.get_loc("revenue_90d")] = "12 EUR"
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, train, "churned", test=test)
+    assert str(err.value).startswith("non-numeric values in numeric column(s) of test: 'revenue_90d' (1 of ")
+
+
+def flat_table(n: int = 1_500, seed: int = 0) -> pd.DataFrame:
+    """A small table with a learnable churn signal in a number, a category and a date."""
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(0, 72, n)
+    contract = rng.choice(["Month-to-month", "One year", "Two year"], n)
+    signup = pd.Timestamp("2024-12-31") - pd.to_timedelta(tenure * 30, unit="D")
+    logit = -0.5 + 1.5 * (contract == "Month-to-month") - 0.05 * tenure
+    churned = rng.uniform(size=n) < 1 / (1 + np.exp(-logit))
+    return pd.DataFrame({
+        "customer_id": [f"{i:05d}-X" for i in range(n)],
+        "Contract": contract,
+        "Monthly charges ($)": rng.uniform(18, 120, n).round(2),
+        "total[charges]": (tenure * 50.0).round(2),
+        "signup, first": signup,
+        "Churn": np.where(churned, "Yes", "No"),
+    })
+
+
+def test_blanks_and_missing_markers_read_as_missing_and_number_text_as_numbers(tmp_path: Path) -> None:
+    """Telco-style exports: the total charges of new customers blank, '?' for unknown (UCI)."""
+    table = flat_table()
+    total = table["total[charges]"].astype(str).astype(object)
+    total[table.index % 50 == 0] = " "
+    total[table.index % 50 == 1] = "?"
+    total[table.index % 50 == 2] = "n/a"
+    table["total[charges]"] = total
+    result = fit_table(ModelKind.CHURN, table.iloc[:1_000], "Churn", id_column="customer_id", test=table.iloc[1_000:])
+    bundle = result.bundle
+    assert "total_charges" in bundle.feature_names
+    assert "total_charges" not in bundle.categorical_levels  # a number, not 1,000 category levels
+    assert result.example["total_charges"].dtype == np.float64
+    assert result.example["total_charges"].isna().sum() == 3  # rows 1000-1002: " ", "?", "n/a"
+    assert result.metrics["test"]["auc"] > 0.7
+
+
+def test_awkward_names_dates_and_a_semicolon_csv(tmp_path: Path) -> None:
+    """Column names LightGBM refuses (JSON's characters), a date column, a ';' CSV with decimal commas."""
+    table = flat_table()
+    table.iloc[:1_000].to_csv(tmp_path / "train.csv", sep=";", decimal=",", index=False)
+    table.iloc[1_000:].to_parquet(tmp_path / "test.parquet", index=False)  # the date as a datetime
+    result = CliRunner().invoke(app, [
+        "fit-table", "churn", "--train", str(tmp_path / "train.csv"), "--target", "Churn", "--id", "customer_id",
+        "--test", str(tmp_path / "test.parquet"), "--predictions", str(tmp_path / "p.csv"),
+        "--metrics", str(tmp_path / "m.json"),
+    ])
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert predictions["id"].tolist() == table["customer_id"].iloc[1_000:].tolist()
+    assert predictions["score"].between(0, 1).all()
+    assert json.loads((tmp_path / "m.json").read_text())["test"]["auc"] > 0.7
+
+    rows = fit_table(ModelKind.CHURN, pd.read_csv(tmp_path / "train.csv", sep=";", decimal=","), "Churn",
+                     id_column="customer_id")
+    bundle = rows.bundle
+    assert bundle.feature_names == ["Contract", "Monthly_charges_($)", "total_charges", "signup_first"]
+    assert bundle.descriptions == {"Monthly_charges_($)": "Monthly charges ($)", "total_charges": "total[charges]",
+                                   "signup_first": "signup, first"}
+    days = rows.example["signup_first"]  # ISO text read as days since 1970-01-01
+    expected = (pd.to_datetime(table["signup, first"].iloc[:5]) - pd.Timestamp("1970-01-01")).dt.days
+    assert days.tolist() == expected.astype(float).tolist()
+
+
+def test_a_positive_class_given_as_a_number_matches_a_column_read_as_floats(churn_frame) -> None:
+    frame = churn_frame.assign(churned=churn_frame["churned"].astype(float))
+    expected = fit_table(ModelKind.CHURN, frame, "churned").metrics["validation"]["auc"]
+    assert fit_table(ModelKind.CHURN, frame, "churned", positive="1").metrics["validation"]["auc"] == expected
+
+
+def test_a_yes_no_target_needs_no_positive_class() -> None:
+    table = flat_table()
+    yes = fit_table(ModelKind.CHURN, table, "Churn", id_column="customer_id")
+    assert yes.metrics["validation"]["base_rate"] == pytest.approx((table["Churn"] == "Yes").mean())
 
 
 def test_test_columns_must_match(churn_frame) -> None:
