@@ -34,7 +34,7 @@ from crmscore.serving.batch.chunks import (
     score_chunk,
     to_arrow,
 )
-from crmscore.serving.batch.local import CUTOFF_COLUMNS, write_error
+from crmscore.serving.batch.local import CUTOFF_COLUMNS, BatchError, write_error
 from crmscore.serving.policy import Cutoffs, Policy
 from crmscore.serving.portfolio import resolve_cutoffs
 from crmscore.serving.scoring import ModelSet
@@ -150,10 +150,35 @@ def run_spark(
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise write_error(exc, out_path, hidden=(tmp,)) from exc
+        except Exception as exc:  # Spark's own write, in the JVM: a disk that fills, a folder locked
+            shutil.rmtree(tmp, ignore_errors=True)
+            failure = java_io_failure(exc)
+            if failure is None:  # not the file system's doing: a bug, with its traceback
+                raise
+            raise BatchError(f"batch scoring could not write {out_path} on Spark: {failure}; "
+                             f"nothing was written to {out_path}") from exc
     finally:
         pass1.unpersist()
     logger.info("spark engine scored the snapshot into %s", out_path)
     return cutoffs
+
+
+def java_io_failure(exc: BaseException) -> str | None:
+    """The innermost ``java.io.IOException`` behind a failed Spark action, as Java words it
+    (``java.io.IOException: No space left on device``); None when no I/O failure is behind it."""
+    from py4j.java_gateway import is_instance_of
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    throwable = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)  # Py4J's, pyspark's
+    found = None
+    for _ in range(32):  # a cause chain is short; never follow a cycle
+        if gateway is None or throwable is None:
+            break
+        if is_instance_of(gateway, throwable, "java.io.IOException"):
+            found = throwable
+        throwable = throwable.getCause()
+    return None if found is None else str(found.toString())
 
 
 def _with_features(scores: pd.DataFrame, snapshot: pd.DataFrame) -> pd.DataFrame:

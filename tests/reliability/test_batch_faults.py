@@ -7,7 +7,9 @@
   non-zero exit and no partial output;
 * an output folder the job may not write (mode 0555; as root, the child runs without the
   capabilities that let root ignore file modes): the same, naming that folder (not the hidden
-  work folder inside it) and the underlying error.
+  work folder inside it) and the underlying error; on Spark too, both when the engine's
+  check up front finds it and when the folder turns read-only during Spark's own write (in the
+  JVM, as a disk filling there would fail): Java's words for it, no Python traceback.
 """
 
 from __future__ import annotations
@@ -183,3 +185,51 @@ def test_a_read_only_output_folder_is_a_clear_error_on_spark_too(trained_models:
     assert named.replace(" ", "") in message.replace(" ", ""), message[-1000:]
     assert f"nothing was written to {out}".replace(" ", "") in message.replace(" ", ""), message[-1000:]
     assert list(folder.iterdir()) == []
+
+
+#: runs `crmscore score` with one change of the world, not of the job: the output folder turns
+#: read-only the moment pass 1 has scored everyone, so the folder passes the engine's check up
+#: front and it is Spark's own write (in the JVM) that fails, as on a disk that fills mid-write
+_LOCKED_AFTER_PASS_1 = """
+import sys
+from pathlib import Path
+
+import crmscore.serving.batch.spark as engine
+
+folder, resolve_cutoffs = Path(sys.argv[1]), engine.resolve_cutoffs
+
+
+def resolve_then_lock(*args, **kwargs):
+    cutoffs = resolve_cutoffs(*args, **kwargs)
+    folder.chmod(0o555)
+    return cutoffs
+
+
+engine.resolve_cutoffs = resolve_then_lock
+from crmscore.cli import app
+
+sys.argv = ["crmscore", *sys.argv[2:]]
+app()
+"""
+
+
+@pytest.mark.spark
+def test_a_failure_in_sparks_own_write_is_a_clear_error_with_no_partial_output(trained_models: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "locked-mid-job"
+    folder.mkdir()
+    out = folder / "scores.parquet"
+    preexec = _held_to_file_modes if os.geteuid() == 0 else None
+    command = [sys.executable, "-c", _LOCKED_AFTER_PASS_1, str(folder), *_command(trained_models, out)[3:], "--engine", "spark"]
+    try:
+        done = subprocess.run(command, env=_env(trained_models), capture_output=True, text=True, timeout=300,
+                              preexec_fn=preexec)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 1, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr and "Py4J" not in done.stderr, done.stderr[-3000:]
+    message = " ".join(done.stderr.split()).replace(" ", "")
+    # Spark's own words for the failure (Hadoop's local file system), after ours
+    named = f"batch scoring could not write {out} on Spark: java.io.IOException: Mkdirs failed to create"
+    assert named.replace(" ", "") in message, done.stderr[-3000:]
+    assert f"nothing was written to {out}".replace(" ", "") in message, done.stderr[-3000:]
+    assert list(folder.iterdir()) == []  # Spark's temporary output is gone too
