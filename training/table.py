@@ -51,9 +51,19 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    if suffix in (".csv", ".txt"):
-        return pd.read_csv(path, low_memory=False, **csv_format(path))
-    raise TableError(f"{role} table {path} must be .csv or .parquet; got {path.suffix or 'no suffix'}")
+    if suffix in (".csv", ".txt", ".tsv"):
+        try:
+            try:
+                return pd.read_csv(path, low_memory=False, **csv_format(path))
+            except UnicodeDecodeError:
+                # Not UTF-8: Excel on Windows saves CSV in the legacy code page, Windows-1252 in
+                # Western Europe (accents, the euro sign); its 5 unused bytes are replaced.
+                logger.warning("%s table %s is not UTF-8; read as Windows-1252", role, path)
+                return pd.read_csv(path, low_memory=False, encoding="cp1252", encoding_errors="replace",
+                                   **csv_format(path))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:  # pandas' message has no file name
+            raise TableError(f"{role} table {path} is not a readable CSV: {exc}") from None
+    raise TableError(f"{role} table {path} must be .csv (.tsv, .txt) or .parquet; got {path.suffix or 'no suffix'}")
 
 
 def csv_format(path: Path) -> dict[str, str]:
@@ -95,12 +105,22 @@ def _blank_to_missing(s: pd.Series) -> pd.Series:
     return text.where(~stripped.isin(MISSING_MARKERS), None)
 
 
-def _as_days(s: pd.Series) -> pd.Series:
-    """Dates and durations as days (since 1970-01-01 for dates), so trees can split on them."""
+def _as_days(s: pd.Series, where: str) -> pd.Series:
+    """Dates and durations as days (since 1970-01-01 for dates), so trees can split on them.
+
+    ISO text that is no date pandas can hold is missing, with a warning naming ``where``: the
+    "no date" and "open-ended" conventions of database exports (MySQL's ``0000-00-00``,
+    ``9999-12-31``, beyond pandas' years 1677-2262) are not junk to be fixed by hand.
+    """
     if pd.api.types.is_timedelta64_dtype(s):
         return s.dt.total_seconds() / 86_400
     if not pd.api.types.is_datetime64_any_dtype(s):
-        s = pd.to_datetime(s, format="ISO8601", utc=True)
+        parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
+        bad = s[s.notna() & parsed.isna()]
+        if len(bad):
+            examples = ", ".join(repr(str(v)) for v in bad.unique()[:3])
+            logger.warning("%s: %d values are not dates in 1677-2262 (e.g. %s) and read as missing", where, len(bad), examples)
+        s = parsed
     if getattr(s.dt, "tz", None) is not None:
         s = s.dt.tz_convert("UTC").dt.tz_localize(None)
     return (s - EPOCH).dt.total_seconds() / 86_400
@@ -127,13 +147,13 @@ class ColumnPlan:
     numbers: tuple[str, ...] = ()
     days: tuple[str, ...] = ()
 
-    def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def apply(self, frame: pd.DataFrame, table: str) -> pd.DataFrame:
         """The table's feature columns, converted and renamed (text stays text)."""
         out = {}
         for col, name in self.names.items():
             s = frame[col]
             if col in self.days:
-                s = _as_days(_blank_to_missing(s) if _is_text(s) else s)
+                s = _as_days(_blank_to_missing(s) if _is_text(s) else s, f"column {col!r} of {table}")
             elif col in self.numbers:
                 s = pd.to_numeric(_blank_to_missing(s))
             elif _is_text(s):
@@ -211,6 +231,8 @@ def _number(text: str) -> float | None:
 def encode_target(series: pd.Series, kind: ModelKind, positive: str | None, name: str) -> np.ndarray:
     """The target as floats: 0/1 for classifiers, values for expected margin; NaN = missing."""
     column = series.name
+    if _is_text(series):  # blanks and missing markers: unlabelled rows, as in the features
+        series = _blank_to_missing(series)
     if not kind.is_classifier:
         values = pd.to_numeric(series, errors="coerce")
         bad = series.notna() & values.isna()
@@ -307,7 +329,7 @@ def fit_table(
     labelled = ~np.isnan(y)
     if (~labelled).any():
         logger.warning("%d rows of %s have no target and are left out of training", int((~labelled).sum()), train_name)
-    frame = plan.apply(train.loc[labelled])
+    frame = plan.apply(train.loc[labelled], train_name)
     y = y[labelled]
     if len(frame) < MIN_TABLE_ROWS:
         raise TableError(
@@ -318,14 +340,16 @@ def fit_table(
         raise TableError(f"target {target!r} of {train_name} is constant ({int(y[0])} for every row): there is nothing to learn")
     if not kind.is_classifier and np.nanstd(y) == 0:
         raise TableError(f"target {target!r} of {train_name} is constant ({y[0]}): there is nothing to learn")
-    test_frame = plan.apply(test) if test is not None else None
+    test_frame = plan.apply(test, test_name) if test is not None else None
 
-    # Text columns become categoricals over the levels seen in training (and test).
-    for col in [c for c in frame.columns if _is_text(frame[c])]:
-        levels = set(frame[col].dropna().astype(str))
+    # Text and category columns become categoricals of their values as text, over the levels
+    # seen in training (and test). As text: the bundle encodes a level by its name, so a
+    # Parquet category of numbers (codes 1, 2, 3) would otherwise match none of them.
+    for col in [c for c in frame.columns if _is_text(frame[c]) or isinstance(frame[c].dtype, pd.CategoricalDtype)]:
+        levels = set(_as_text(frame[col]).dropna())
         if test_frame is not None:
-            levels |= set(test_frame[col].dropna().astype(str))
-        frame[col] = pd.Categorical(frame[col].astype("object").where(frame[col].notna(), None), categories=sorted(levels))
+            levels |= set(_as_text(test_frame[col]).dropna())
+        frame[col] = pd.Categorical(_as_text(frame[col]), categories=sorted(levels))
     frame[TARGET] = y
     config = _config_for(len(frame), config)
     try:
@@ -359,11 +383,15 @@ def fit_table(
     return result
 
 
+def _as_text(s: pd.Series) -> pd.Series:
+    """Values as text (object dtype), missing as None."""
+    return s.astype("object").where(s.notna(), None).map(lambda v: None if v is None else str(v))
+
+
 def _as_training_frame(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
     out = frame[fs.names].copy()
     for col, levels in fs.categorical.items():
-        out[col] = pd.Categorical(out[col].astype("object").where(out[col].notna(), None).map(
-            lambda v: None if v is None else str(v)), categories=levels)
+        out[col] = pd.Categorical(_as_text(out[col]), categories=levels)
     return out
 
 

@@ -233,3 +233,61 @@ def test_margin_target_must_be_numeric(customer_table) -> None:
     with pytest.raises(TableError, match=r"must be numeric for expected_margin; got 'lots'"):
         fit_table(ModelKind.EXPECTED_MARGIN, frame.drop(columns=["status"]), "margin_next_90d")
     assert np.isfinite(frame["tenure_days"]).all()
+
+
+def test_a_category_of_numbers_is_learnt_by_its_levels() -> None:
+    """A Parquet category whose levels are numbers (product codes 1, 2, 3) is encoded, not missing."""
+    table = flat_table()
+    codes = {"Month-to-month": 1, "One year": 12, "Two year": 24}
+    table["Contract"] = pd.Categorical(table["Contract"].map(codes))
+    result = fit_table(ModelKind.CHURN, table.iloc[:1_000], "Churn", id_column="customer_id", test=table.iloc[1_000:])
+    bundle = result.bundle
+    assert bundle.categorical_levels["Contract"] == ["1", "12", "24"]
+    assert not np.isnan(bundle.encode(result.example)[:, bundle.feature_names.index("Contract")]).any()
+    assert bundle.booster.feature_importance()[bundle.feature_names.index("Contract")] > 0
+
+
+def test_database_date_sentinels_are_missing(caplog) -> None:
+    """MySQL's zero date and the open-ended 9999-12-31 (beyond pandas' 2262) read as missing, named in a warning."""
+    table = flat_table()
+    table["signup, first"] = table["signup, first"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    table.loc[table.index % 10 == 0, "signup, first"] = "0000-00-00 00:00:00"
+    table.loc[table.index % 10 == 1, "signup, first"] = "9999-12-31"
+    result = fit_table(ModelKind.CHURN, table.iloc[:1_000], "Churn", id_column="customer_id", test=table.iloc[1_000:])
+    assert result.example["signup_first"].isna().tolist() == [True, True, False, False, False]  # test rows 1000-1004
+    assert "column 'signup, first' of train: 200 values are not dates in 1677-2262 (e.g. '0000-00-00 00:00:00', " \
+           "'9999-12-31') and read as missing" in caplog.text
+
+
+def test_a_windows_1252_csv_is_read(tmp_path: Path) -> None:
+    """Excel on Windows saves CSV in its legacy code page: accents in names and labels survive."""
+    from crmscore.training.table import fit_table_job
+
+    table = flat_table().rename(columns={"Contract": "Catégorie", "Churn": "Résilié"})
+    table["Résilié"] = table["Résilié"].map({"Yes": "résilié", "No": "actif"})
+    table.to_csv(tmp_path / "train.csv", sep=";", decimal=",", index=False, encoding="cp1252")
+    result = fit_table_job(ModelKind.CHURN, tmp_path / "train.csv", "Résilié", positive="résilié",
+                           id_column="customer_id", track=False)
+    assert "Catégorie" in result.bundle.feature_names
+    assert result.metrics["validation"]["auc"] > 0.7
+
+
+def test_blank_and_marked_targets_are_unlabelled(caplog) -> None:
+    table = flat_table()
+    table.loc[table.index % 20 == 0, "Churn"] = "?"
+    table.loc[table.index % 20 == 1, "Churn"] = " "
+    result = fit_table(ModelKind.CHURN, table, "Churn", id_column="customer_id")
+    assert result.bundle.info["train_rows"] == 1_350
+    assert "150 rows of train have no target and are left out of training" in caplog.text
+
+
+def test_a_ragged_csv_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    """An unquoted comma in a text field: pandas' message gives the line, this names the file."""
+    from crmscore.training.table import read_table
+
+    path = tmp_path / "train.csv"
+    path.write_text("id,city,churn\n1,Paris,0\n2,Paris, France,1\n")
+    with pytest.raises(TableError) as err:
+        read_table(path, "train")
+    assert str(err.value) == (f"train table {path} is not a readable CSV: Error tokenizing data. C error: "
+                              "Expected 3 fields in line 3, saw 4\n")
