@@ -25,7 +25,11 @@ its model versions checked against the two champion sets. Phases:
    ``POST /v1/admin/reload``, which reads the champions, the snapshot and that file again
    (``--duration`` s);
 3. overload: ``--overload`` concurrent clients for ``--overload-seconds``, after one more
-   reload that puts the server back on the first set.
+   reload that puts the server back on the first set; closed loops, each sending again the
+   instant it is answered (refused or not), so their latency is N / throughput (Little's law);
+4. open-loop overload: requests arriving at ``--open-loop-factor`` times the baseline's
+   throughput (Poisson), on up to ``--overload`` connections, for ``--overload-seconds``:
+   how quickly the excess is refused, latency counted from each request's scheduled arrival.
 
 Every response says where its reason codes came from (``reasons_source``): phase 2 reports,
 per bundle served, its latency and how many responses computed reasons on demand (TreeSHAP,
@@ -52,6 +56,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -69,6 +74,8 @@ from serve import (  # noqa: E402
 )
 
 GOAL_P99_RATIO = 1.5
+#: the tick of the load generator's own lag monitor
+LAG_TICK_S = 0.005
 GOAL_RSS_GROWTH = 0.10
 SECOND_CHAMPION_TAG = "crmscore.benchmark"
 
@@ -148,36 +155,103 @@ async def _client_loop(port: int, requests: list[bytes], start: int, deadline: f
             except (OSError, asyncio.IncompleteReadError) as exc:
                 record["errors"].append(type(exc).__name__)
                 return
-            ms = (time.perf_counter() - t) * 1000
-            record["codes"][status] = record["codes"].get(status, 0) + 1
-            if status == 200:
-                record["latencies"].append(ms)
-                record["sent"].append(sent)
-                payload = json.loads(body)
-                versions = payload["model_versions"]
-                key = json.dumps(versions, sort_keys=True)
-                record["by_versions"].setdefault(key, []).append(ms)
-                if payload["reasons_source"] != "batch":  # reasons computed on demand (TreeSHAP)
-                    record["on_demand"][key] = record["on_demand"].get(key, 0) + 1
-                if versions not in complete:
-                    record["inconsistent"] += 1
-                    if len(record["inconsistent_examples"]) < 5:
-                        record["inconsistent_examples"].append(versions)
-                elif versions not in expected:
-                    record["before_reload_answer"] += 1
-            else:
-                record["refused_ms"].append(ms)
+            _record_response(record, status, body, (time.perf_counter() - t) * 1000, sent, expected, complete)
     finally:
         writer.close()
+
+
+def _record_response(record: dict, status: int, body: bytes, ms: float, sent: float,
+                     expected: list[dict], complete: list[dict]) -> None:
+    """Count one response; a 200's body is parsed and its model versions checked."""
+    record["codes"][status] = record["codes"].get(status, 0) + 1
+    if status != 200:
+        record["refused_ms"].append(ms)
+        record["refused_sent"].append(sent)
+        return
+    record["latencies"].append(ms)
+    record["sent"].append(sent)
+    payload = json.loads(body)
+    versions = payload["model_versions"]
+    key = json.dumps(versions, sort_keys=True)
+    record["by_versions"].setdefault(key, []).append(ms)
+    if payload["reasons_source"] != "batch":  # reasons computed on demand (TreeSHAP)
+        record["on_demand"][key] = record["on_demand"].get(key, 0) + 1
+    if versions not in complete:
+        record["inconsistent"] += 1
+        if len(record["inconsistent_examples"]) < 5:
+            record["inconsistent_examples"].append(versions)
+    elif versions not in expected:
+        record["before_reload_answer"] += 1
+
+
+def _new_record() -> dict:
+    return {"codes": {}, "latencies": [], "sent": [], "refused_ms": [], "refused_sent": [], "errors": [], "inconsistent": 0,
+            "inconsistent_examples": [], "before_reload_answer": 0,
+            "reloads": [], "reload_windows": [], "promotions": [], "by_versions": {}, "on_demand": {},
+            "client_lag_ms": [], "load_average_start": load_average()}
+
+
+async def _open_loop_phase(port: int, requests: list[bytes], rate: float, seconds: float, pool: int,
+                           expected: list[dict], complete: list[dict], seed: int = 0) -> dict:
+    """Open-loop load: requests arrive at ``rate`` per second (Poisson) whatever the server
+    does, each on an idle one of ``pool`` keep-alive connections.
+
+    A closed loop of N clients that send again the moment they are answered measures N divided
+    by the server's throughput (Little's law), whatever the server does per request; arrivals
+    at a fixed rate past capacity measure how quickly the excess is refused. Latency is counted
+    from each request's scheduled arrival, so time spent waiting for a free connection (the
+    client's queue) counts too: no coordinated omission.
+    """
+    import random
+
+    record = _new_record()
+    idle: asyncio.Queue = asyncio.Queue()
+    for _ in range(pool):
+        idle.put_nowait(await asyncio.open_connection(HOST, port))
+    rng = random.Random(seed)
+    inflight: set[asyncio.Task] = set()
+
+    async def one(request: bytes, due: float) -> None:
+        reader, writer = await idle.get()
+        try:
+            status, body, closing = await _exchange(reader, writer, request)
+            ms = (time.perf_counter() - due) * 1000
+            if closing:  # refused and closed: the connection is made again
+                writer.close()
+                reader, writer = await asyncio.open_connection(HOST, port)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            record["errors"].append(type(exc).__name__)
+            writer.close()
+            reader, writer = await asyncio.open_connection(HOST, port)
+        else:
+            _record_response(record, status, body, ms, time.monotonic() - ms / 1000, expected, complete)
+        idle.put_nowait((reader, writer))
+
+    start = time.perf_counter()
+    record["start"] = time.monotonic()
+    due, i = start, 0
+    while due < start + seconds:
+        while due <= time.perf_counter():  # every arrival due by now is sent now
+            task = asyncio.create_task(one(requests[i % len(requests)], due))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            i += 1
+            due += rng.expovariate(rate)
+        wake = due
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        record["client_lag_ms"].append(max(0.0, time.perf_counter() - wake) * 1000)
+    await asyncio.gather(*inflight)
+    record["offered"] = i
+    while not idle.empty():
+        idle.get_nowait()[1].close()
+    record["load_average_end"] = load_average()
+    return record
 
 
 async def _phase(port: int, requests: list[bytes], connections: int, seconds: float, expected: list[dict],
                  complete: list[dict], admin_key: str | None = None, reload_every: float = 0.0,
                  before_reload: Callable[[int], dict[str, str]] | None = None) -> dict:
-    record: dict = {"codes": {}, "latencies": [], "sent": [], "refused_ms": [], "errors": [], "inconsistent": 0,
-                    "inconsistent_examples": [], "before_reload_answer": 0,
-                    "reloads": [], "reload_windows": [], "promotions": [], "by_versions": {}, "on_demand": {},
-                    "load_average_start": load_average()}
+    record = _new_record()
     deadline = time.monotonic() + seconds
 
     async def reloads() -> None:
@@ -193,13 +267,35 @@ async def _phase(port: int, requests: list[bytes], connections: int, seconds: fl
                 if r.status_code == 200:
                     expected.append(r.json()["model_versions"])
 
+    async def client_lag() -> None:
+        """How late the load generator's own loop wakes: a response waits that long to be read,
+        and its latency counts it, though the server had answered."""
+        lag = record["client_lag_ms"]
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            await asyncio.sleep(LAG_TICK_S)
+            lag.append((time.perf_counter() - t - LAG_TICK_S) * 1000)
+
     step = max(1, len(requests) // connections)
     tasks = [_client_loop(port, requests, k * step, deadline, record, expected, complete) for k in range(connections)]
+    tasks.append(client_lag())
     if admin_key:
         tasks.append(reloads())
     await asyncio.gather(*tasks)
     record["load_average_end"] = load_average()
     return record
+
+
+def run_phase(client_loop: str, *args: Any, phase: Callable[..., Any] = _phase, **kwargs: Any) -> dict:
+    """A phase (:func:`_phase` by default) on a fresh event loop of the load generator:
+    ``asyncio``'s own or uvloop's."""
+    factory = None
+    if client_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(phase(*args, **kwargs))
 
 
 def _split_by_reloads(record: dict) -> tuple[list[float], list[float]]:
@@ -249,6 +345,8 @@ def summarise(record: dict, seconds: float) -> dict:
         "promotions": record["promotions"],
         "load_average_start": record["load_average_start"],
         "load_average_end": record["load_average_end"],
+        "client_loop_lag_p50_ms": round(percentile(record["client_lag_ms"], 0.50), 2),
+        "client_loop_lag_p99_ms": round(percentile(record["client_lag_ms"], 0.99), 2),
     }
 
 
@@ -358,7 +456,13 @@ def main() -> None:
     parser.add_argument("--reload-every", type=float, default=3.0, help="seconds between reloads (default 3)")
     parser.add_argument("--overload", type=int, default=256, help="concurrent clients when overloaded (default 256)")
     parser.add_argument("--overload-seconds", type=float, default=8.0, help="seconds of overload (default 8)")
+    parser.add_argument("--open-loop-factor", type=float, default=3.0,
+                        help="open-loop overload: requests arrive at this multiple of the baseline's throughput, "
+                             "on up to --overload connections (default 3; 0 = skip)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the prepared data here and reuse it")
+    parser.add_argument("--client-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="event loop of the load generator (default uvloop: the cheaper client, so that "
+                             "its own delays distort the latencies less; asyncio before 2026-12-07)")
     parser.add_argument("--load-niceness", type=int, default=None,
                         help="CRMSCORE_LOAD_NICENESS of the server (default: the server's default)")
     args = parser.parse_args()
@@ -396,14 +500,14 @@ def main() -> None:
         time.sleep(2.5)  # the server re-reads the keys file within 2 s: the new admin key
         with httpx.Client(base_url=f"http://{HOST}:{port}") as c:
             expected = [c.get("/health/ready").json()["model_versions"]]
-        asyncio.run(_phase(port, requests, args.connections, 3.0, expected, complete))  # warm-up
+        run_phase(args.client_loop, port, requests, args.connections, 3.0, expected, complete)  # warm-up
         rss_start = rss_mb(proc.pid)
-        base = measured(proc.pid, lambda: summarise(asyncio.run(_phase(
-            port, requests, args.connections, args.duration, expected, complete)), args.duration), args.duration)
-        during = measured(proc.pid, lambda: summarise(asyncio.run(_phase(
-            port, requests, args.connections, args.duration, expected, complete, admin_key, args.reload_every,
-            nightly)),
+        base = measured(proc.pid, lambda: summarise(run_phase(
+            args.client_loop, port, requests, args.connections, args.duration, expected, complete),
             args.duration), args.duration)
+        during = measured(proc.pid, lambda: summarise(run_phase(
+            args.client_loop, port, requests, args.connections, args.duration, expected, complete, admin_key,
+            args.reload_every, nightly), args.duration), args.duration)
         nightly(1)  # champions (and scores) back on the first set, as prepared
         rss_end = rss_mb(proc.pid)
         # ... and the server too, so the overload phase always runs on the first set, whichever
@@ -412,9 +516,21 @@ def main() -> None:
             back = c.post("/v1/admin/reload", headers={"X-API-Key": admin_key})
             if back.status_code == 200:
                 expected.append(back.json()["model_versions"])
-        over = summarise(asyncio.run(_phase(port, requests, args.overload, args.overload_seconds,
-                                            expected, complete)), args.overload_seconds)
+        over = summarise(run_phase(args.client_loop, port, requests, args.overload, args.overload_seconds,
+                                   expected, complete), args.overload_seconds)
         rss_after_overload = rss_mb(proc.pid)
+        open_rate = args.open_loop_factor * base["requests_per_s"]
+        open_loop = None
+        if open_rate > 0:
+            time.sleep(2.0)  # the closed loop's last requests answered: this phase starts afresh
+            record = run_phase(args.client_loop, port, requests, open_rate, args.overload_seconds, args.overload,
+                               expected, complete, phase=_open_loop_phase)
+            open_loop = summarise(record, args.overload_seconds)
+            open_loop.update(offered_per_s=round(record["offered"] / args.overload_seconds, 1),
+                             factor=args.open_loop_factor, refused_by_second=[
+                                 sum(1 for t in record["refused_sent"] if k <= t - record["start"] < k + 1)
+                                 for k in range(int(args.overload_seconds) + 1)])
+        rss_after_overload = max(rss_after_overload, rss_mb(proc.pid))
         with httpx.Client(base_url=f"http://{HOST}:{port}") as c:
             alive_after = c.get("/health/ready").status_code
     finally:
@@ -438,6 +554,12 @@ def main() -> None:
         "overload_refused_quickly": over["failed"] == 0 and set(over["status_counts"]) <= {"200", "429", "503"}
         and alive_after == 200 and (over["p99_ms"] < 1000.0)
         and (over["refused_p99_ms"] is None or over["refused_p99_ms"] < 100.0),
+        # the same at a fixed arrival rate past capacity: what "refused quickly" means when
+        # clients do not all send again the instant they are answered
+        "open_loop_overload_refused_quickly": open_loop is None or (
+            open_loop["failed"] == 0 and set(open_loop["status_counts"]) <= {"200", "429", "503"}
+            and open_loop["p99_ms"] < 1000.0
+            and (open_loop["refused_p99_ms"] is None or open_loop["refused_p99_ms"] < 100.0)),
     }
     rows = [
         ("customers / connections", f"{prep.customers:,} / {args.connections}"),
@@ -472,6 +594,14 @@ def main() -> None:
         (f"overload {args.overload} clients: statuses", json.dumps(over["status_counts"])),
         ("overload: refused share, refusal p99 ms", f"{over['refused_share']}, {over['refused_p99_ms']}"),
         ("overload: served p99 ms, failed", f"{over['p99_ms']}, {over['failed']}"),
+        ("open loop: offered req/s (x baseline), statuses", "skipped" if open_loop is None else
+         f"{open_loop['offered_per_s']} (x{args.open_loop_factor}), {json.dumps(open_loop['status_counts'])}"),
+        ("open loop: refusal p99 / served p99 ms, failed", "-" if open_loop is None else
+         f"{open_loop['refused_p99_ms']} / {open_loop['p99_ms']}, {open_loop['failed']}"),
+        ("open loop: refusals second by second", "-" if open_loop is None else str(open_loop["refused_by_second"])),
+        (f"load generator's own loop lag p50 / p99 ms ({args.client_loop})",
+         " -> ".join(f"{r['client_loop_lag_p50_ms']} / {r['client_loop_lag_p99_ms']}" for r in (base, during, over))
+         + " (baseline -> reloads -> overload)"),
         ("RSS after overload MB; ready after", f"{rss_after_overload:.0f}; {alive_after}"),
         ("goals met", ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in goals.items())),
     ]
@@ -479,8 +609,9 @@ def main() -> None:
     path = write_json("reload", {
         "customers": prep.customers, "connections": args.connections, "duration_s": args.duration,
         "reload_every_s": args.reload_every, "overload_clients": args.overload, "load_niceness": niceness,
+        "client_loop": args.client_loop,
         "champion_sets": [{"versions": c.versions, "scores_path": str(c.scores_path)} for c in champion_sets],
-        "baseline": base, "during_reloads": during, "overload": over,
+        "baseline": base, "during_reloads": during, "overload": over, "open_loop_overload": open_loop,
         "p99_ratio": round(ratio, 3), "p99_ratio_first_versions": round(ratio_first, 3),
         "reload_back_to_first_versions": back.status_code, "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1),
         "rss_growth": round(growth, 4), "rss_after_overload_mb": round(rss_after_overload, 1),

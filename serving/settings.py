@@ -60,6 +60,14 @@ class ServingSettings(BaseSettings):
         the server answers 503 with ``Retry-After`` at once instead of queueing. ``crmscore
         serve`` counts a request from the moment its headers are parsed, so this also bounds the
         work the event loop does before it reads again, and so how long a refusal waits.
+    max_in_flight_shedding : int
+        The in-flight limit while the server is shedding: from a 503 of overload on, a second
+        at a time while at least 5% of that second's requests were refused. Under ``crmscore
+        serve`` the requests admitted in one read all run before the next read, so this bounds
+        how long a refusal, and a request still served, waits while overloaded; ``max_in_flight``
+        applies otherwise, so that the bursts of a server below capacity are not refused
+        (default 16; the trade-off measured: docs/reliability.md, section 2, "Overload").
+        Values above ``max_in_flight`` act as ``max_in_flight``.
     max_queue_delay_ms : int
         ``crmscore serve``: a request that has waited longer than this for the event loop gets
         503 with ``Retry-After`` at once (0 = never); default 250 ms, far above the p99 of a
@@ -109,6 +117,7 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_batch: int = Field(default=MAX_BATCH_LIMIT, ge=1, le=MAX_BATCH_LIMIT)
     max_in_flight: int = Field(default=64, ge=1)
+    max_in_flight_shedding: int = Field(default=16, ge=1)
     max_queue_delay_ms: int = Field(default=250, ge=0)
     max_connections: int = Field(default=2048, ge=1)
     compute_threads: int = Field(default=2, ge=1, le=64)

@@ -115,7 +115,8 @@ def create_app(settings: ServingSettings | None = None, *, loader: Loader | None
 
     queue_delay = QueueDelayMonitor() if watch_queue_delay and settings.max_queue_delay_ms > 0 else None
     state.admission = Admission(settings.max_in_flight, service_metrics, queue_delay=queue_delay,
-                                max_queue_delay_s=settings.max_queue_delay_ms / 1000)
+                                max_queue_delay_s=settings.max_queue_delay_ms / 1000,
+                                shedding_in_flight=settings.max_in_flight_shedding)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -175,6 +175,10 @@ def refusal_body(why: str, request_id: str | None) -> dict[str, Any]:
     return {"detail": f"server overloaded: {why}; retry shortly", "request_id": request_id}
 
 
+#: the share of a window's requests refused above which shedding goes on for the next window:
+#: an overloaded server refuses most (70-95% at 3x its capacity, docs/reliability.md); one below
+#: capacity at the shedding limit, a few bursts (0.2-0.4% at 80% of it)
+SHEDDING_SHARE = 0.05
 #: the most queue-delay refusals kept (one per millisecond figure); then they are built afresh
 _MAX_KEPT_REFUSALS = 1024
 _ID_SLOT = "\x00"  # where the request id goes in a refusal's body; json.dumps writes it "\u0000"
@@ -241,16 +245,30 @@ class Admission:
     metrics : ServiceMetrics
     queue_delay : QueueDelayMonitor, optional
         Also refuse while the event loop is more than ``max_queue_delay_s`` behind (0 = no limit).
+    shedding_in_flight : int, optional
+        The limit while shedding (default ``max_in_flight``: no change): for a window of
+        ``shedding_window_s`` after a window in which at least :data:`SHEDDING_SHARE` of the
+        requests were refused (a burst that reaches the full limit now and then is no overload). Under ``crmscore serve`` the requests admitted in one read all
+        run in the loop's next iteration, so the limit is the work between two reads: the lower
+        one keeps the wait of refusals and of the requests still served short while overloaded,
+        and the full one does not refuse the bursts of a server below capacity (measured:
+        docs/reliability.md, section 2).
     """
 
     def __init__(self, max_in_flight: int, metrics: ServiceMetrics, queue_delay: QueueDelayMonitor | None = None,
-                 max_queue_delay_s: float = 0.0) -> None:
+                 max_queue_delay_s: float = 0.0, shedding_in_flight: int | None = None,
+                 shedding_window_s: float = 1.0) -> None:
         self.max_in_flight = max_in_flight
         self.metrics = metrics
         self.queue_delay = queue_delay
         self.max_queue_delay_s = max_queue_delay_s
+        self.shedding_in_flight = min(max_in_flight, shedding_in_flight or max_in_flight)
+        self.shedding_window_s = shedding_window_s
         self.in_flight = 0
-        self._full: dict[int, Refusal] = {}  # by the count in flight (always max_in_flight, in practice)
+        self.shedding = False
+        self._window_end = 0.0  # time.monotonic() at which the window's share is judged
+        self._admitted = self._refused = 0  # in the window
+        self._full: dict[tuple[int, int], Refusal] = {}  # by the count in flight and the limit
         self._late: dict[int, Refusal] = {}  # by the milliseconds waited
 
     def refuse(self) -> Refusal | None:
@@ -259,24 +277,32 @@ class Admission:
         Each reason's :class:`Refusal` is built once and kept: under overload this runs for
         thousands of requests a second, almost all for the same reason.
         """
-        if self.in_flight >= self.max_in_flight:
-            refusal = self._full.get(self.in_flight)
+        now = time.monotonic()
+        if now >= self._window_end:  # judge the window that ends: still overloaded?
+            total = self._admitted + self._refused
+            self.shedding = total > 0 and self._refused >= SHEDDING_SHARE * total
+            self._admitted = self._refused = 0
+            self._window_end = now + self.shedding_window_s
+        refusal = None
+        limit = self.shedding_in_flight if self.shedding else self.max_in_flight
+        if self.in_flight >= limit:
+            refusal = self._full.get((self.in_flight, limit))
             if refusal is None:
-                refusal = self._full[self.in_flight] = Refusal(
-                    f"{self.in_flight} requests in flight (limit {self.max_in_flight})")
+                refusal = self._full[self.in_flight, limit] = Refusal(f"{self.in_flight} requests in flight (limit {limit})")
         elif self.queue_delay is not None and self.max_queue_delay_s > 0:
             waited = self.queue_delay.delay()
-            if waited <= self.max_queue_delay_s:
-                return None
-            waited_ms = round(waited * 1000)
-            refusal = self._late.get(waited_ms)
-            if refusal is None:
-                if len(self._late) >= _MAX_KEPT_REFUSALS:
-                    self._late.clear()
-                refusal = self._late[waited_ms] = Refusal(
-                    f"requests wait {waited_ms} ms to start (limit {self.max_queue_delay_s * 1000:.0f} ms)")
-        else:
+            if waited > self.max_queue_delay_s:
+                waited_ms = round(waited * 1000)
+                refusal = self._late.get(waited_ms)
+                if refusal is None:
+                    if len(self._late) >= _MAX_KEPT_REFUSALS:
+                        self._late.clear()
+                    refusal = self._late[waited_ms] = Refusal(
+                        f"requests wait {waited_ms} ms to start (limit {self.max_queue_delay_s * 1000:.0f} ms)")
+        if refusal is None:
+            self._admitted += 1
             return None
+        self._refused += 1
         self.metrics.shed.inc()
         return refusal
 

@@ -893,6 +893,57 @@ async def test_the_queue_delay_is_watched_only_when_asked() -> None:
     assert watched(create_app(settings.model_copy(update={"max_queue_delay_ms": 0}), watch_queue_delay=True)) is None
 
 
+def test_the_in_flight_limit_drops_while_most_requests_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full limit holds until a window ends with at least SHEDDING_SHARE of its requests
+    refused; then the lower limit, a window at a time, until a window of few refusals."""
+    from crmscore.serving.api import middleware
+    from crmscore.serving.api.metrics import ServiceMetrics
+    from crmscore.serving.api.middleware import SHEDDING_SHARE, Admission
+
+    now = [100.0]
+    monkeypatch.setattr(middleware.time, "monotonic", lambda: now[0])
+    admission = Admission(max_in_flight=6, metrics=ServiceMetrics(), shedding_in_flight=2, shedding_window_s=1.0)
+
+    def burst(n: int) -> list[str | None]:
+        """n requests read at once, then all of them answered: the reasons of the refusals."""
+        reasons = []
+        for _ in range(n):
+            refusal = admission.refuse()
+            reasons.append(None if refusal is None else refusal.why)
+            if refusal is None:
+                admission.admit()
+        while admission.in_flight:
+            admission.release()
+        return reasons
+
+    assert burst(6) == [None] * 6  # a burst below the full limit: all admitted
+    assert burst(7) == [None] * 6 + ["6 requests in flight (limit 6)"]  # the full limit reached...
+    for _ in range(30):
+        assert burst(6) == [None] * 6  # ... once: 1 of 193 refused in the window
+    now[0] += 1.0
+    assert burst(7)[-1] == "6 requests in flight (limit 6)" and not admission.shedding  # a burst, no overload
+    assert burst(8) == [None] * 6 + ["6 requests in flight (limit 6)"] * 2
+    now[0] += 1.0  # the window ends with 3 of 15 refused: overloaded
+    assert 3 / 15 >= SHEDDING_SHARE
+    assert burst(3) == [None, None, "2 requests in flight (limit 2)"] and admission.shedding
+    now[0] += 1.0  # 1 of 3 refused: shedding goes on
+    assert burst(3) == [None, None, "2 requests in flight (limit 2)"]
+    for _ in range(20):  # a quieter window: 1 refused of 3 + 40
+        assert burst(2) == [None, None]
+    now[0] += 1.0  # 1 of 43 refused, below the share: the full limit again
+    assert 1 / 43 < SHEDDING_SHARE
+    assert burst(6) == [None] * 6 and not admission.shedding
+    assert admission.metrics.render().count(b"crmscore_http_requests_shed_total 6.0") == 1
+
+
+def test_the_shedding_limit_is_never_above_the_full_one() -> None:
+    from crmscore.serving.api.metrics import ServiceMetrics
+    from crmscore.serving.api.middleware import Admission
+
+    assert Admission(max_in_flight=4, metrics=ServiceMetrics(), shedding_in_flight=16).shedding_in_flight == 4
+    assert Admission(max_in_flight=4, metrics=ServiceMetrics()).shedding_in_flight == 4  # not set: no change
+
+
 async def test_queue_delay_monitor_reads_how_far_behind_the_loop_is() -> None:
     import time
 
