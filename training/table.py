@@ -201,6 +201,16 @@ def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> 
                     problems.append((name, f"{col!r} ({len(junk)} of {len(v)} values, e.g. {examples})"))
         elif present.astype(str).str.fullmatch(ISO_DATE).all():
             days.append(col)
+        else:  # text: a table holding numbers in it would have them read as missing
+            numeric = [name for s, name in series if not _is_text(s) and not pd.api.types.is_bool_dtype(s)
+                       and s.notna().any()]
+            if numeric:
+                text = [(v, name) for (s, name), (v, _) in zip(series, values, strict=True) if _is_text(s)]
+                examples = ", ".join(repr(x) for v, _ in text for x in v.unique()[:3])
+                raise TableError(
+                    f"column {col!r} holds numbers in {', '.join(numeric)} but text in "
+                    f"{', '.join(name for _, name in text)} (e.g. {examples}); the tables must agree"
+                )
     if problems:
         by_table: dict[str, list[str]] = {}
         for name, text in problems:

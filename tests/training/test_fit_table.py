@@ -133,6 +133,16 @@ def test_junk_only_in_the_test_table_names_the_test_table(churn_frame) -> None:
     assert str(err.value).startswith("non-numeric values in numeric column(s) of test: 'revenue_90d' (1 of ")
 
 
+def test_a_column_of_numbers_in_train_and_of_text_in_test_is_an_error(churn_frame) -> None:
+    train, test = churn_frame.iloc[:800], churn_frame.iloc[800:].copy()
+    test["revenue_90d"] = np.where(np.arange(len(test)) % 2 == 0, "high", "low")
+    with pytest.raises(TableError) as err:
+        fit_table(ModelKind.CHURN, train, "churned", test=test)
+    assert str(err.value) == (
+        "column 'revenue_90d' holds numbers in train but text in test (e.g. 'high', 'low'); the tables must agree"
+    )
+
+
 def flat_table(n: int = 1_500, seed: int = 0) -> pd.DataFrame:
     """A small table with a learnable churn signal in a number, a category and a date."""
     rng = np.random.default_rng(seed)
