@@ -103,13 +103,13 @@ print(json.dumps({{"train_s": round(time.perf_counter() - t, 1),
 """
 
 
-def ensure_base(work: Path, customers: int) -> tuple[Path, dict | None]:
-    """The ``customers`` synthetic base (seed 1) written in ``work``; generated when absent."""
-    path = work / f"base-{customers}-seed{BASE_SEED}"
+def ensure_base(work: Path, customers: int, seed: int = BASE_SEED) -> tuple[Path, dict | None]:
+    """The ``customers`` synthetic base (seed 1 unless told) written in ``work``; generated when absent."""
+    path = work / f"base-{customers}-seed{seed}"
     if (path / "_truth" / "traits.parquet").is_file():
         return path, None
     print(f"generating a {customers:,}-customer base in {path} ...", flush=True)
-    return path, run_child(GENERATE.format(n=customers, seed=BASE_SEED, path=str(path)))
+    return path, run_child(GENERATE.format(n=customers, seed=seed, path=str(path)))
 
 
 def prepare(work: Path, customers: int, train_customers: int) -> dict:
