@@ -3,7 +3,8 @@
 ``crmscore fit-table KIND --train FILE --target COLUMN`` learns the kind's model from any
 table: text columns are categoricals (LightGBM native) unless they hold numbers or ISO dates
 (:func:`plan_columns`), the target may be 0/1, bool or labels (``--positive`` names the positive
-class), and the run is tracked in MLflow like any other (experiment ``crm-<kind>``, tag ``crmscore.mode=fit-table``). It is *not* registered:
+class), and the run is tracked in MLflow like any other (experiment ``crm-<kind>``, tag
+``crmscore.mode=fit-table``). It is *not* registered:
 a table of other features cannot serve the CRM, so it never competes for ``champion``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,8 +177,6 @@ def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> 
         Naming each text column whose values are numbers apart from a few others (a broken
         export), with the table, the count and examples; blanks and missing markers are not junk.
     """
-    import re
-
     numbers, days, problems = [], [], []
     for col in columns:
         series = [(frame[col], name) for frame, name in tables]

@@ -176,7 +176,7 @@ def refusal_body(why: str, request_id: str | None) -> dict[str, Any]:
 
 
 #: the share of a window's requests refused above which shedding goes on for the next window:
-#: an overloaded server refuses most (70-95% at 3x its capacity, docs/reliability.md); one below
+#: an overloaded server refuses most (70-98% at 3x its capacity, docs/reliability.md); one below
 #: capacity at the shedding limit, a few bursts (0.2-0.4% at 80% of it)
 SHEDDING_SHARE = 0.05
 #: the most queue-delay refusals kept (one per millisecond figure); then they are built afresh
@@ -248,10 +248,11 @@ class Admission:
     shedding_in_flight : int, optional
         The limit while shedding (default ``max_in_flight``: no change): for a window of
         ``shedding_window_s`` after a window in which at least :data:`SHEDDING_SHARE` of the
-        requests were refused (a burst that reaches the full limit now and then is no overload). Under ``crmscore serve`` the requests admitted in one read all
-        run in the loop's next iteration, so the limit is the work between two reads: the lower
-        one keeps the wait of refusals and of the requests still served short while overloaded,
-        and the full one does not refuse the bursts of a server below capacity (measured:
+        requests were refused (a burst that reaches the full limit now and then is no
+        overload). Under ``crmscore serve`` the requests admitted in one read all run in the
+        loop's next iteration, so the limit is the work between two reads: the lower one keeps
+        the wait of refusals and of the requests still served short while overloaded, and the
+        full one does not refuse the bursts of a server below capacity (measured:
         docs/reliability.md, section 2).
     """
 
