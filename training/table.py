@@ -10,8 +10,11 @@ a table of other features cannot serve the CRM, so it never competes for ``champ
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import logging
+import lzma
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,10 @@ class TableError(ValueError):
     """A table that cannot be learnt from as given; the message says what to change."""
 
 
+#: compressed CSVs (``.csv.gz``, ...): how to open one as text; read_csv infers the same from the name
+_DECOMPRESS: dict[str, Any] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
 def read_table(path: Path, role: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
@@ -53,6 +60,8 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return pd.read_parquet(path)
+    if suffix in _DECOMPRESS and len(path.suffixes) > 1:  # read_csv decompresses by the name, too
+        suffix = path.suffixes[-2].lower()
     if suffix in (".csv", ".txt", ".tsv"):
         try:
             try:
@@ -65,7 +74,8 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
                                    **csv_format(path))
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:  # pandas' message has no file name
             raise TableError(f"{role} table {path} is not a readable CSV: {exc}") from None
-    raise TableError(f"{role} table {path} must be .csv (.tsv, .txt) or .parquet; got {path.suffix or 'no suffix'}")
+    raise TableError(f"{role} table {path} must be .csv (.tsv, .txt; also compressed: .csv.gz, ...) or .parquet; "
+                     f"got {''.join(path.suffixes) or 'no suffix'}")
 
 
 def csv_format(path: Path) -> dict[str, str]:
@@ -75,7 +85,8 @@ def csv_format(path: Path) -> dict[str, str]:
     ``,`` such a file is one column whose name is the whole header. The header decides, as it
     holds no numbers; a column name with a comma in it does not outvote the separators.
     """
-    with open(path, encoding="utf-8", errors="replace") as f:
+    opener = _DECOMPRESS.get(Path(path).suffix.lower(), open)
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         header = f.readline()
     sep = max((",", ";", "\t", "|"), key=header.count)  # ties (none in the header): ","
     return {"sep": sep, "decimal": "," if sep == ";" else "."}

@@ -205,6 +205,19 @@ def test_awkward_names_dates_and_a_semicolon_csv(tmp_path: Path) -> None:
     assert days.tolist() == expected.astype(float).tolist()
 
 
+def test_a_compressed_csv_is_read_like_its_plain_one(tmp_path: Path) -> None:
+    from crmscore.training.table import read_table
+
+    table = flat_table(200)
+    table.to_csv(tmp_path / "train.csv.gz", sep=";", decimal=",", index=False)  # gzip, by the name
+    read = read_table(tmp_path / "train.csv.gz", "train")
+    assert list(read.columns) == list(table.columns)
+    assert read["Monthly charges ($)"].tolist() == table["Monthly charges ($)"].tolist()
+    with pytest.raises(TableError, match=r"must be \.csv .* or \.parquet; got \.xlsx$"):
+        (tmp_path / "train.xlsx").write_bytes(b"PK")
+        read_table(tmp_path / "train.xlsx", "train")
+
+
 def test_a_positive_class_given_as_a_number_matches_a_column_read_as_floats(churn_frame) -> None:
     frame = churn_frame.assign(churned=churn_frame["churned"].astype(float))
     expected = fit_table(ModelKind.CHURN, frame, "churned").metrics["validation"]["auc"]
