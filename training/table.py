@@ -38,7 +38,6 @@ from crmscore.training.train import (
 logger = logging.getLogger(__name__)
 
 TARGET = "__target__"
-ROW_ID = "__row__"
 #: fewer labelled rows than this cannot train, validate and calibrate a model
 MIN_TABLE_ROWS = 100
 #: a text column is "numeric with junk" when at least this share of its values are numbers
@@ -63,15 +62,15 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
     if suffix in _DECOMPRESS and len(path.suffixes) > 1:  # read_csv decompresses by the name, too
         suffix = path.suffixes[-2].lower()
     if suffix in (".csv", ".txt", ".tsv"):
+        options = csv_format(path)
         try:
             try:
-                return pd.read_csv(path, low_memory=False, **csv_format(path))
+                return pd.read_csv(path, low_memory=False, **options)
             except UnicodeDecodeError:
                 # Not UTF-8: Excel on Windows saves CSV in the legacy code page, Windows-1252 in
                 # Western Europe (accents, the euro sign); its 5 unused bytes are replaced.
                 logger.warning("%s table %s is not UTF-8; read as Windows-1252", role, path)
-                return pd.read_csv(path, low_memory=False, encoding="cp1252", encoding_errors="replace",
-                                   **csv_format(path))
+                return pd.read_csv(path, low_memory=False, encoding="cp1252", encoding_errors="replace", **options)
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:  # pandas' message has no file name
             raise TableError(f"{role} table {path} is not a readable CSV: {exc}") from None
     raise TableError(f"{role} table {path} must be .csv (.tsv, .txt; also compressed: .csv.gz, ...) or .parquet; "
@@ -235,7 +234,7 @@ def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> 
     for col in columns:
         base = re.sub(UNSAFE_NAME, "_", str(col)).strip("_") or "column"
         name, k = base, 2
-        while name in taken or name in (TARGET, ROW_ID):
+        while name in taken or name == TARGET:
             name, k = f"{base}_{k}", k + 1
         taken.add(name)
         names[col] = name

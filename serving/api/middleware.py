@@ -274,6 +274,7 @@ class Admission:
 
     def refuse(self) -> Refusal | None:
         """The refusal of a request arriving now, counted as shed; or None: admit it (:meth:`admit`).
+        Also counts the decision in the window that decides whether the shedding limit applies.
 
         Each reason's :class:`Refusal` is built once and kept: under overload this runs for
         thousands of requests a second, almost all for the same reason.
