@@ -242,19 +242,24 @@ _BASE_BLOCK_ROWS = 4096
 
 @dataclass(frozen=True)
 class LogLinearBase:
-    """A log-link GLM the expected-margin booster is boosted from: its prediction is
-    exp(base(x) + trees(x)).
+    """A GLM the booster is boosted from, on the booster's raw scale: its prediction is
+    link^-1(base(x) + trees(x)), the log of expected margin or the log-odds of a classifier.
 
     Trees predict a constant per leaf, so they cannot rank or size the customers beyond the
     largest values a leaf of training rows holds; a log-linear model in log-scaled features
     (spend ~ rate x value, a power law in each) follows that tail multiplicatively, as the
-    count x value models of customer-base analysis do (BG/NBD x Gamma-Gamma). Each numeric
-    feature enters as ``sign(x) log(1 + |x|)``, clipped to its training range (no
-    extrapolation past what training saw), missing values as the training median plus a
-    missing indicator, standardised; ``coef`` and ``coef_missing`` are per feature.
+    count x value models of customer-base analysis do (BG/NBD x Gamma-Gamma). On small
+    tables a logistic model states a smooth trend with a few coefficients where trees need
+    many leaves of few rows each (fit-table, docs/tables.md). Each numeric feature enters as
+    ``sign(x) log(1 + |x|)``, clipped to its training range (no extrapolation past what
+    training saw), missing values as the training median plus a missing indicator,
+    standardised; ``coef`` and ``coef_missing`` are per feature. Each categorical feature in
+    ``categorical`` enters by its level: ``level_coef[i][code]``, the last entry for a
+    missing or unknown level (levels too rare to estimate share the reference, 0).
 
-    ``terms`` gives each feature's part centred on its training mean, so reason codes can
-    add it to the trees' TreeSHAP contributions and a row's parts still sum to its raw score.
+    ``terms`` gives each feature's part centred on its training mean (numeric features
+    first, then the categorical ones: :attr:`features`), so reason codes can add it to the
+    trees' TreeSHAP contributions and a row's parts still sum to its raw score.
     """
 
     columns: list[int]
@@ -267,13 +272,30 @@ class LogLinearBase:
     coef_missing: list[float]
     term_mean: list[float]
     intercept: float
+    categorical: list[int] = field(default_factory=list)
+    level_coef: list[list[float]] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[int]:
+        """The matrix columns of :meth:`terms`, in its order."""
+        return [*self.columns, *self.categorical]
 
     def terms(self, X: np.ndarray) -> np.ndarray:
-        """Shape (n, len(columns)): each feature's centred part of the base's log prediction."""
+        """Shape (n, len(features)): each feature's centred part of the base's raw prediction."""
+        X = np.asarray(X, dtype=np.float64)
         n, v = X.shape[0], self._vectors
         V, Z = np.empty((n, len(self.columns))), np.empty((n, len(self.columns)))
-        missing = self._transform(np.asarray(X, dtype=np.float64), V, Z, np.empty(V.shape, dtype=bool))
-        return (Z - v["mean"]) * v["weight"] + missing * v["coef_missing"] - np.asarray(self.term_mean)
+        missing = self._transform(X, V, Z, np.empty(V.shape, dtype=bool))
+        numeric = (Z - v["mean"]) * v["weight"] + missing * v["coef_missing"]
+        levels = [self._level_terms(X[:, j], i) for i, j in enumerate(self.categorical)]
+        return np.column_stack([numeric, *levels]) - np.asarray(self.term_mean)
+
+    def _level_terms(self, codes: np.ndarray, i: int) -> np.ndarray:
+        """The ``i``-th categorical feature's coefficient per row (its codes in ``codes``)."""
+        table = self._vectors["level_coef"][i]
+        missing = len(table) - 1
+        safe = np.where(np.isnan(codes) | (codes < 0) | (codes >= missing), missing, codes)
+        return table[safe.astype(np.intp)]
 
     def _transform(self, X: np.ndarray, V: np.ndarray, Z: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """Fill ``Z`` with the features as the GLM reads them (``sign(x) log(1 + |x|)``, the
@@ -289,7 +311,7 @@ class LogLinearBase:
         return missing
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        """The base's log prediction per row: ``intercept + sum(term_mean) + terms(X).sum(1)``.
+        """The base's raw prediction per row: ``intercept + sum(term_mean) + terms(X).sum(1)``.
 
         Computed in blocks of rows, in buffers reused from block to block, as two matrix-vector
         products: full-size (n x features) temporaries for every step, as the per-feature
@@ -308,6 +330,8 @@ class LogLinearBase:
             self._transform(X[start:stop], V[:b], Z[:b], missing[:b])
             np.copyto(V[:b], missing[:b])  # V's buffer, reused as the missing indicators (0.0 / 1.0)
             out[start:stop] = Z[:b] @ v["weight"] + V[:b] @ v["coef_missing"] + constant
+            for i, j in enumerate(self.categorical):
+                out[start:stop] += self._level_terms(X[start:stop, j], i)
         return out
 
     @functools.cached_property
@@ -317,6 +341,7 @@ class LogLinearBase:
                    for name in ("low", "high", "median", "mean", "scale", "coef", "coef_missing")}
         vectors["weight"] = vectors["coef"] / vectors["scale"]
         vectors["columns"] = np.asarray(self.columns, dtype=np.intp)
+        vectors["level_coef"] = [np.asarray(t, dtype=np.float64) for t in self.level_coef]
         return vectors
 
 
@@ -448,6 +473,8 @@ class ModelBundle:
             stop = min(n, start + step)
             Z = self.expand(X[start:stop], out=buffer[: (stop - start) * k])
             out[start:stop] = self.booster.predict(Z, raw_score=True, num_threads=num_threads).reshape(stop - start, k)
+        if self.base is not None:  # the customer's base, shared by every category
+            out += self.base(X)[:, None]
         return out
 
     def predict(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:
@@ -476,18 +503,21 @@ class ModelBundle:
         (n, n_targets, n_booster_features + 1), or with ``target`` (a category index per row,
         or one for all) (n, n_booster_features + 1) for that category's row only: TreeSHAP
         costs ~50x a predict per row, so explaining one category is n_targets times cheaper.
-        Rows sum to the raw score. With a log-linear base (expected margin) each feature's
+        Rows sum to the raw score. With a base (:class:`LogLinearBase`) each feature's
         centred base term is added to its column and the base's mean to the expected value.
         """
         if self.kind is ModelKind.PROPENSITY and target is not None:
-            return self.booster.predict(self.expand_rows(X, target), pred_contrib=True, num_threads=num_threads)
-        Z = self.expand(X)
-        contrib = self.booster.predict(Z, pred_contrib=True, num_threads=num_threads)
-        if self.kind is ModelKind.PROPENSITY:
-            return contrib.reshape(X.shape[0], len(self.targets), -1)
+            contrib = self.booster.predict(self.expand_rows(X, target), pred_contrib=True, num_threads=num_threads)
+        else:
+            contrib = self.booster.predict(self.expand(X), pred_contrib=True, num_threads=num_threads)
+            if self.kind is ModelKind.PROPENSITY:
+                contrib = contrib.reshape(X.shape[0], len(self.targets), -1)
         if self.base is not None:
-            contrib[:, self.base.columns] += self.base.terms(X)
-            contrib[:, -1] += self.base.intercept + float(np.sum(self.base.term_mean))
+            # the base is the customer's, the same for every category of a propensity model
+            terms = self.base.terms(X)
+            view = contrib if contrib.ndim == 2 else contrib.transpose(1, 0, 2)  # (targets, n, f)
+            view[..., self.base.features] += terms
+            view[..., -1] += self.base.intercept + float(np.sum(self.base.term_mean))
         return contrib
 
     def top_targets(self, X: np.ndarray, *, num_threads: int = 0) -> np.ndarray:

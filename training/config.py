@@ -80,6 +80,9 @@ class TrainConfig(Strict):
     #: the GLM nor the trees are fitted on (50k synthetic base: RMSE ratio 1.347 -> 1.231,
     #: docs/benchmarks.md "Model quality")
     margin_log_linear_base: bool = True
+    #: classifiers in fit-table: also try boosting the trees from a logistic GLM (the same
+    #: base, on the log-odds) and keep it when its cross-fitted out-of-fold log loss is lower
+    classifier_base: bool = True
     #: promotion gate: a challenger may be this much worse than the champion and still win
     auc_tolerance: float = Field(0.005, ge=0)
     rmse_tolerance: float = Field(0.01, ge=0, description="relative")

@@ -237,3 +237,81 @@ def test_log_linear_base_prediction_is_the_sum_of_its_terms_in_every_block() -> 
     np.testing.assert_allclose(base(Z), expected, rtol=0, atol=1e-12)
     np.testing.assert_allclose(base(Z[:1]), expected[:1], rtol=0, atol=1e-12)
     assert base(Z[:0]).shape == (0,)
+
+
+# --- classifiers in fit-table: the logistic base ------------------------------------------------
+
+
+def _smooth_default_frame(n: int, seed: int) -> pd.DataFrame:
+    """Defaults whose log-odds are a smooth trend in a log-scaled balance plus a per-level
+    shift of a categorical: what a logistic model states in a few coefficients and trees in
+    many small leaves (the shape of ISLP's Default and the German credit table)."""
+    rng = np.random.default_rng(seed)
+    balance = rng.lognormal(6.0, 0.8, n)
+    housing = rng.choice(["own", "rent", "free"], n, p=[0.6, 0.3, 0.1])
+    noise = rng.normal(size=n)
+    logit = -1.0 + 1.5 * (np.log1p(balance) - 6.0) + np.select([housing == "rent", housing == "free"], [0.8, -0.6], 0.0)
+    frame = pd.DataFrame({"balance": balance, "housing": pd.Categorical(housing), "noise": noise})
+    frame.loc[rng.random(n) < 0.05, "balance"] = np.nan
+    frame["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    return frame
+
+
+DEFAULT_FEATURES = FeatureSet(["balance", "housing", "noise"], {"housing": ["free", "own", "rent"]})
+
+
+@pytest.mark.parametrize("kind", [ModelKind.CREDIT_RISK, ModelKind.PROPENSITY])
+def test_cross_validation_keeps_a_logistic_base_on_a_small_smooth_table(kind: ModelKind, tmp_path) -> None:
+    from crmscore.training.train import PropensityTarget
+
+    frame = _smooth_default_frame(800, 0)
+    targets = [PropensityTarget("yes", "label")] if kind is ModelKind.PROPENSITY else []
+    bundle, oof, y = fit_bundle_cv(kind, frame, DEFAULT_FEATURES, TrainConfig(), label="label", targets=targets)
+    assert bundle.base is not None and bundle.info["log_linear_base"] is True
+    loss = bundle.info["cv_deviance"]
+    assert loss["log_linear_base"] < loss["trees"]
+    # the categorical feature is in the base, by level; the missing balance by its indicator
+    names = bundle.feature_names
+    assert bundle.base.categorical == [names.index("housing")]
+    assert names.index("balance") in bundle.base.columns
+    X = bundle.encode(frame.head(300))
+    X[0, :] = np.nan  # missing everywhere (an unknown level is encoded as missing too)
+    raw = bundle.raw(X)
+    raw = raw[:, 0] if raw.ndim == 2 else raw
+    assert np.all(np.isfinite(raw))
+    # reason codes: every feature's part, the base's and the trees', sums to the raw score
+    contrib = bundle.contributions(X, target=0) if kind is ModelKind.PROPENSITY else bundle.contributions(X)
+    np.testing.assert_allclose(contrib.sum(axis=1), raw, rtol=1e-9, atol=1e-9)
+    if kind is ModelKind.PROPENSITY:
+        np.testing.assert_allclose(bundle.contributions(X)[:, 0, :], contrib, rtol=1e-9, atol=1e-9)
+    # the level's shift is the base's: at the same balance, "rent" scores above "own" above "free"
+    grid = pd.DataFrame({"balance": [500.0] * 3, "housing": pd.Categorical(["rent", "own", "free"]), "noise": 0.0})
+    p = bundle.predict(bundle.encode(grid))
+    p = p[:, 0] if p.ndim == 2 else p
+    assert p[0] > p[1] > p[2]
+    loaded = type(bundle).load(bundle.save(tmp_path / "b"))
+    np.testing.assert_allclose(loaded.predict(X), bundle.predict(X))
+    assert loaded.base == bundle.base
+    assert oof.shape == y.shape and abs(oof.mean() - y.mean()) < 0.02
+
+
+def _noise_label_frame(n: int, n_features: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({f"x{j}": rng.lognormal(0.0, 1.0, n) for j in range(n_features)})
+    frame["label"] = (rng.random(n) < 0.3).astype(float)
+    return frame
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cross_fitted_cv_refuses_the_logistic_base_on_noise(seed: int) -> None:
+    # a label independent of 60 noise features on 400 rows: the logistic base fits noise, and
+    # cross-fitted its out-of-fold loss is above the trees'; the trees alone are kept, tree for tree
+    frame = _noise_label_frame(400, 60, seed)
+    fs = FeatureSet([f"x{j}" for j in range(60)], {})
+    bundle, _, _ = fit_bundle_cv(ModelKind.CHURN, frame, fs, TrainConfig(), label="label")
+    loss = bundle.info["cv_deviance"]
+    assert loss["log_linear_base"] > loss["trees"]
+    assert bundle.base is None and bundle.info["log_linear_base"] is False
+    trees_only, _, _ = fit_bundle_cv(ModelKind.CHURN, frame, fs, TrainConfig(classifier_base=False), label="label")
+    assert "cv_deviance" not in trees_only.info
+    assert bundle.booster.model_to_string() == trees_only.booster.model_to_string()
