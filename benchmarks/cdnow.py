@@ -407,6 +407,7 @@ def cross_fit(
                 "train_rows": int(len(train)),
                 "test_rows": int(len(test)),
                 "trees": int(result.bundle.info.get("trees", -1)),
+                "num_leaves": result.bundle.info.get("num_leaves"),
                 "log_linear_base": bool(result.bundle.info.get("log_linear_base", False)),
                 "cv_deviance": result.bundle.info.get("cv_deviance"),
                 "fit_s": round(seconds, 2),
@@ -707,9 +708,17 @@ def main() -> None:
                 ),
             ),
             (
-                "crmscore spend: log-linear base chosen by CV (per half)",
-                ", ".join(
-                    "yes" if f["log_linear_base"] else "no" for f in crm["per_fold"]["expected_margin"]
+                "crmscore leaves per tree, chosen by CV (churn / spend, per half)",
+                " / ".join(
+                    ",".join(str(f["num_leaves"]) for f in crm["per_fold"][k])
+                    for k in ("churn", "expected_margin")
+                ),
+            ),
+            (
+                "crmscore GLM base chosen by CV (churn / spend, per half)",
+                " / ".join(
+                    ",".join("yes" if f["log_linear_base"] else "no" for f in crm["per_fold"][k])
+                    for k in ("churn", "expected_margin")
                 ),
             ),
             (

@@ -206,6 +206,7 @@ def run_table(table: Table, splits: int, work: Path) -> dict:
         row["crmscore_seconds"] = round(time.perf_counter() - start, 2)
         info = crmscore.last_info  # type: ignore[attr-defined]
         row["crmscore_trees"], row["crmscore_base"] = int(info["trees"]), bool(info.get("log_linear_base"))
+        row["leaves"] = info.get("num_leaves")
         row["crmscore_trees_only"] = metrics(table, y_test, crmscore(table, train, test, work, trees_only=True))
         row["plain_lightgbm"] = metrics(table, y_test, plain_lightgbm(table, features_train, features_test, y_train))
         row["glm"] = metrics(table, y_test, glm(table, features_train, features_test, y_train))
@@ -263,6 +264,7 @@ def main() -> None:
                 lines.append((model, "   ".join(cells)))
             c = s["check"]
             what = "difference" if key == "auc" else "relative difference"
+            lines.append(("leaves", str([r.get("leaves") for r in results[table.name]["splits"]])))
             lines.append(("check", f"crmscore vs {c['better_anchor']}, {key} {what}: {c['difference']:+.4f} "
                                    f"(se {c['difference_se']:.4f}) {'met' if c['met'] else 'MISSED'}; "
                                    f"base kept in {s['base_chosen']} of {args.splits} splits, trees {s['trees']}"))

@@ -377,10 +377,17 @@ def fit_table(
     except ValueError as exc:
         raise TableError(f"{train_name}: {exc}") from None
 
+    leaks = suspected_leaks(frame, fs.names, y, kind)
+    for col in leaks:
+        logger.warning("column %r of %s predicts the target %r perfectly: if it is a copy or a consequence "
+                       "of the outcome, drop it (it is used as a feature)", plan.descriptions.get(col, col),
+                       train_name, target)
     targets = [PropensityTarget(positive or "1", TARGET)] if kind is ModelKind.PROPENSITY else []
     bundle, oof, y_oof = fit_bundle_cv(kind, frame, fs, config, label=TARGET, targets=targets)
     example_rows = test_frame if test_frame is not None else frame
     result = FitTableResult(bundle, example=_as_training_frame(example_rows.head(5), fs))
+    if leaks:
+        result.metrics["suspected_leaks"] = [plan.descriptions.get(c, c) for c in leaks]
     result.metrics["validation"] = _metrics_from(kind, y_oof, oof)  # out-of-fold
     try:
         baseline = fit_baseline(kind, frame, fs, TARGET, config)
@@ -401,6 +408,43 @@ def fit_table(
                     kind, y_test[ok], predict_baseline(baseline, kind, test_rows, fs)[ok]
                 )
     return result
+
+
+def suspected_leaks(frame: pd.DataFrame, columns: list[str], y: np.ndarray, kind: ModelKind) -> list[str]:
+    """Columns that give the target away: a copy or a consequence of the outcome left in the
+    table (a status column beside the churn flag, a cancellation reason missing for every
+    customer who stayed). A classifier's column is suspect when a threshold on it (numbers)
+    or its levels (text), with missing as one more group, split the two classes without a
+    single error; text with more than one level per 20 rows is not (an identifier's levels
+    are trivially pure). Expected margin's column is suspect when it equals the target, or
+    moves with it exactly (correlation 1)."""
+    out = []
+    for col in columns:
+        s = frame[col]
+        missing = s.isna().to_numpy()
+        if kind.is_classifier:
+            if isinstance(s.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(s):
+                codes = pd.Series(pd.factorize(s, use_na_sentinel=True)[0])
+                if codes.nunique() < 2 or codes.nunique() > max(2, len(s) // 20):
+                    continue
+                if (pd.Series(y).groupby(codes).nunique() == 1).all():
+                    out.append(col)
+                continue
+            x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            if missing.any() and np.unique(y[missing]).size > 1:
+                continue
+            pos, neg = x[~missing & (y == 1)], x[~missing & (y == 0)]
+            if pos.size and neg.size:
+                separated = pos.min() > neg.max() or pos.max() < neg.min()
+            else:  # one class where present, the other where missing
+                separated = missing.any() and (~missing).any()
+            if separated:
+                out.append(col)
+        elif pd.api.types.is_numeric_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype) and not missing.any():
+            x = s.to_numpy(dtype=np.float64)
+            if np.array_equal(x, y) or (np.std(x) > 0 and np.std(y) > 0 and np.corrcoef(x, y)[0, 1] > 1 - 1e-9):
+                out.append(col)
+    return out
 
 
 def _as_text(s: pd.Series) -> pd.Series:
@@ -470,7 +514,9 @@ def fit_table_job(
                     "trees": result.bundle.booster.num_trees()},
             metrics=flat,
             tags={"crmscore.mode": "fit-table", "crmscore.data.train": str(Path(train_path).resolve()),
-                  "crmscore.data.hash": tracking.frame_fingerprint(train)},
+                  "crmscore.data.hash": tracking.frame_fingerprint(train),
+                  **({"crmscore.suspected_leaks": ", ".join(result.metrics["suspected_leaks"])}
+                     if "suspected_leaks" in result.metrics else {})},
             figures={}, input_example=result.example, register=False, home=home,
             run_name=f"fit-table-{Path(train_path).stem}",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from typer.testing import CliRunner
 
 from crmscore.bundle import ModelKind
 from crmscore.cli import app
-from crmscore.training.table import TableError, fit_table
+from crmscore.training.config import LightGBMSettings, TrainConfig
+from crmscore.training.table import TableError, fit_table, suspected_leaks
 
 OUTCOMES = ["churned", "defaulted", "margin_next_90d", "status"]
 
@@ -219,7 +221,8 @@ def test_a_compressed_csv_is_read_like_its_plain_one(tmp_path: Path) -> None:
 
 
 def test_a_positive_class_given_as_a_number_matches_a_column_read_as_floats(churn_frame) -> None:
-    frame = churn_frame.assign(churned=churn_frame["churned"].astype(float))
+    # without "status", the text copy of the target (a perfect predictor: 2,000 trees a fit)
+    frame = churn_frame.drop(columns=["status"]).assign(churned=churn_frame["churned"].astype(float))
     expected = fit_table(ModelKind.CHURN, frame, "churned").metrics["validation"]["auc"]
     assert fit_table(ModelKind.CHURN, frame, "churned", positive="1").metrics["validation"]["auc"] == expected
 
@@ -314,3 +317,36 @@ def test_a_ragged_csv_is_an_error_naming_the_file(tmp_path: Path) -> None:
         read_table(path, "train")
     assert str(err.value) == (f"train table {path} is not a readable CSV: Error tokenizing data. C error: "
                               "Expected 3 fields in line 3, saw 4\n")
+
+
+def test_columns_that_give_the_target_away_are_named(churn_frame, caplog) -> None:
+    frame = churn_frame.copy()
+    # a consequence of the outcome: days since cancelling, missing for every customer who stayed
+    rng = np.random.default_rng(0)
+    frame["days_since_cancel"] = np.where(frame["churned"] == 1, rng.integers(1, 90, len(frame)), np.nan)
+    # a perfect predictor keeps the loss falling: 300 rounds instead of 2,000 keep the test short
+    config = TrainConfig(lightgbm=LightGBMSettings(max_rounds=300))
+    with caplog.at_level(logging.WARNING, logger="crmscore.training.table"):
+        result = fit_table(ModelKind.CHURN, frame, "churned", id_column="customer_id", config=config)
+    assert result.metrics["suspected_leaks"] == ["status", "days_since_cancel"]
+    assert "column 'status' of train predicts the target 'churned' perfectly" in caplog.text
+    # the record's own features give nothing away: no false alarm
+    y = churn_frame["churned"].to_numpy(dtype=np.float64)
+    features = [c for c in churn_frame.columns if c not in ("churned", "status", "customer_id")]
+    assert suspected_leaks(churn_frame, features, y, ModelKind.CHURN) == []
+
+
+def test_suspected_leaks_of_each_shape() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(500) < 0.3).astype(float)
+    frame = pd.DataFrame({
+        "copy_as_text": np.where(y == 1, "gone", "active"),
+        "threshold": y * 10 + rng.random(500),  # every churner above every stayer
+        "identifier": [f"C{i}" for i in range(500)],  # pure levels, but one per row: not a leak
+        "honest": y + rng.normal(0, 1, 500),
+        "honest_text": rng.choice(["a", "b", "c"], 500),
+    })
+    assert suspected_leaks(frame, list(frame.columns), y, ModelKind.CHURN) == ["copy_as_text", "threshold"]
+    margin = rng.gamma(1.0, 50.0, 500)
+    frame = pd.DataFrame({"in_eur": margin * 0.92, "same": margin, "honest": margin + rng.normal(0, 20, 500)})
+    assert suspected_leaks(frame, list(frame.columns), margin, ModelKind.EXPECTED_MARGIN) == ["in_eur", "same"]
