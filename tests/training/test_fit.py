@@ -171,19 +171,28 @@ def _noise_spend_frame(n: int, n_features: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_cross_fitted_cv_refuses_the_base_on_a_small_noisy_table(seed: int) -> None:
-    # 400 rows, 60 noise features: a GLM fitted on every row fits the held-out folds' noise
-    # in-sample, and its deviance came out 5-6% below the trees' (the base was kept on every seed
-    # tried). Cross-fitted, fold k's base never sees fold k: its deviance is above the trees'.
+@pytest.mark.parametrize(("kind", "trees_only_config"), [
+    (ModelKind.EXPECTED_MARGIN, TrainConfig(margin_log_linear_base=False)),
+    (ModelKind.CHURN, TrainConfig(classifier_base=False)),
+])
+def test_cross_fitted_cv_refuses_the_base_on_a_small_noisy_table(kind, trees_only_config, seed: int) -> None:
+    # 400 rows, 60 noise features, a target independent of them (spend, or a 30% label): a GLM
+    # fitted on every row fits the held-out folds' noise in-sample, and its deviance came out
+    # 5-6% below the trees' (the base was kept on every seed tried). Cross-fitted, fold k's base
+    # never sees fold k: its loss is above the trees'.
     frame = _noise_spend_frame(400, 60, seed)
+    label = "label_margin"
+    if kind.is_classifier:
+        frame["label"] = (np.random.default_rng(seed + 100).random(len(frame)) < 0.3).astype(float)
+        label = "label"
     fs = FeatureSet([f"x{j}" for j in range(60)], {})
-    bundle, _, _ = fit_bundle_cv(ModelKind.EXPECTED_MARGIN, frame, fs, TrainConfig(), label="label_margin")
+    bundle, _, _ = fit_bundle_cv(kind, frame, fs, TrainConfig(), label=label)
     deviance = bundle.info["cv_deviance"]
     assert deviance["log_linear_base"] > deviance["trees"]
     assert bundle.base is None and bundle.info["log_linear_base"] is False
     # the trees-alone path is the one of a fit without the base, tree for tree
-    trees_only, _, _ = fit_bundle_cv(ModelKind.EXPECTED_MARGIN, frame, fs, TrainConfig(margin_log_linear_base=False),
-                                     label="label_margin")
+    trees_only, _, _ = fit_bundle_cv(kind, frame, fs, trees_only_config, label=label)
+    assert "cv_deviance" not in trees_only.info
     assert bundle.booster.model_to_string() == trees_only.booster.model_to_string()
 
 
@@ -300,38 +309,31 @@ def test_cross_validation_keeps_a_logistic_base_on_a_small_smooth_table(kind: Mo
     assert oof.shape == y.shape and abs(oof.mean() - y.mean()) < 0.02
 
 
-def _noise_label_frame(n: int, n_features: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({f"x{j}": rng.lognormal(0.0, 1.0, n) for j in range(n_features)})
-    frame["label"] = (rng.random(n) < 0.3).astype(float)
-    return frame
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_cross_fitted_cv_refuses_the_logistic_base_on_noise(seed: int) -> None:
-    # a label independent of 60 noise features on 400 rows: the logistic base fits noise, and
-    # cross-fitted its out-of-fold loss is above the trees'; the trees alone are kept, tree for tree
-    frame = _noise_label_frame(400, 60, seed)
-    fs = FeatureSet([f"x{j}" for j in range(60)], {})
-    bundle, _, _ = fit_bundle_cv(ModelKind.CHURN, frame, fs, TrainConfig(), label="label")
-    loss = bundle.info["cv_deviance"]
-    assert loss["log_linear_base"] > loss["trees"]
-    assert bundle.base is None and bundle.info["log_linear_base"] is False
-    trees_only, _, _ = fit_bundle_cv(ModelKind.CHURN, frame, fs, TrainConfig(classifier_base=False), label="label")
-    assert "cv_deviance" not in trees_only.info
-    assert bundle.booster.model_to_string() == trees_only.booster.model_to_string()
-
-
 def test_cross_validation_chooses_the_trees_size_on_small_tables() -> None:
-    frame = _smooth_default_frame(800, 3)
+    # a smooth trend on 2,000 rows: 31 leaves, then 15, then 7, each better out of fold
+    frame = _smooth_default_frame(2000, 0)
     bundle, _, _ = fit_bundle_cv(ModelKind.CREDIT_RISK, frame, DEFAULT_FEATURES, TrainConfig(), label="label")
     losses = bundle.info["cv_leaves"]
-    assert set(losses) == {"7", "15", "31"}
-    chosen = bundle.info["num_leaves"]
-    assert losses[str(chosen)] == min(losses.values())
+    assert list(losses) == ["31", "15", "7"]  # largest first
+    assert losses["7"] < losses["15"] < losses["31"]
+    assert bundle.info["num_leaves"] == 7
     model = bundle.booster.dump_model()
-    assert max(tree["num_leaves"] for tree in model["tree_info"]) <= chosen
+    assert max(tree["num_leaves"] for tree in model["tree_info"]) <= 7
     # no search above leaves_search_max_rows, or with no sizes to try: the configured size
     for config in (TrainConfig(leaves_search_max_rows=500), TrainConfig(leaves_search=())):
         fixed, _, _ = fit_bundle_cv(ModelKind.CREDIT_RISK, frame, DEFAULT_FEATURES, config, label="label")
         assert fixed.info["num_leaves"] == 31 and "cv_leaves" not in fixed.info
+
+
+def test_the_search_over_sizes_stops_at_the_first_that_is_worse() -> None:
+    # the parity of three features' signs: small trees cannot carry it, so 15 leaves are worse
+    # than 31 out of fold and 7 is not tried
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 5))
+    logit = 3.0 * np.prod(np.sign(X[:, :3]), axis=1)
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    frame["label"] = (rng.random(len(frame)) < 1 / (1 + np.exp(-logit))).astype(float)
+    bundle, _, _ = fit_bundle_cv(ModelKind.CHURN, frame, FeatureSet(list("abcde"), {}), TrainConfig(), label="label")
+    losses = bundle.info["cv_leaves"]
+    assert list(losses) == ["31", "15"] and losses["15"] > losses["31"]
+    assert bundle.info["num_leaves"] == 31
