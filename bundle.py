@@ -11,7 +11,8 @@ turns a booster's raw score into what a CRM screen shows lives here, once:
 * reason codes from LightGBM's own TreeSHAP contributions (``pred_contrib=True``),
 * scorecard points and grades for credit risk,
 * customer lifetime value from expected margin and retention,
-* expected margin's log-linear base (:class:`LogLinearBase`), when cross-validation chose one.
+* the GLM base the trees are boosted from (:class:`LogLinearBase`: expected margin's
+  log-linear one, or a fit-table classifier's logistic one), when validation chose one.
 
 A bundle on disk is a folder: ``booster.txt`` (LightGBM's text format), ``bundle.json``
 (everything else). No pickles: a bundle can be read by any later version of the code.

@@ -14,6 +14,10 @@ No files, no MLflow here (``tracking.py`` logs what this returns). Every fit fol
    validation rows (``TrainConfig.margin_log_linear_base``);
 5. a simple scikit-learn baseline (logistic / ridge regression on imputed, scaled, one-hot
    features) is fitted beside it, so the lift of the booster over it is visible.
+
+Flat tables (``crmscore fit-table``, :func:`fit_bundle_cv`) follow the same recipe with 5-fold
+cross-validation in place of the validation split, which also chooses the trees' size and,
+for classifiers too, whether to boost from a GLM base (logistic there).
 """
 
 from __future__ import annotations
@@ -495,9 +499,12 @@ def fit_bundle_cv(
 ) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
     """Fit on *all* rows of a smaller table, choosing trees and calibration by cross-validation.
 
-    ``lgb.cv`` picks the number of trees by early stopping across ``n_folds`` folds; the
-    calibrator is fitted on out-of-fold raw scores (each from a fold booster that did not
-    train on the row); the final booster is trained on every row with that many trees.
+    ``lgb.cv`` picks the number of trees by early stopping across ``n_folds`` folds, for each
+    size of tree tried (``config.leaves_search``), and the size with the lowest out-of-fold
+    loss is kept; then, for expected margin and classifiers, trees boosted from a GLM base are
+    compared the same way (cross-fitted). The calibrator is fitted on out-of-fold raw scores
+    (each from a fold booster that did not train on the row); the final booster is trained on
+    every row with that many trees.
     Propensity here is one target (``targets`` of length 1), the flat-table case.
 
     Returns
