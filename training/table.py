@@ -59,6 +59,8 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return pd.read_parquet(path)
+    if suffix == ".zip":
+        return _read_zip(path, role)
     if suffix in _DECOMPRESS and len(path.suffixes) > 1:  # read_csv decompresses by the name, too
         suffix = path.suffixes[-2].lower()
     if suffix in (".csv", ".txt", ".tsv"):
@@ -73,8 +75,32 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
                 return pd.read_csv(path, low_memory=False, encoding="cp1252", encoding_errors="replace", **options)
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:  # pandas' message has no file name
             raise TableError(f"{role} table {path} is not a readable CSV: {exc}") from None
-    raise TableError(f"{role} table {path} must be .csv (.tsv, .txt; also compressed: .csv.gz, ...) or .parquet; "
+    raise TableError(f"{role} table {path} must be .csv (.tsv, .txt; also compressed: .csv.gz, ..., or in a .zip) or .parquet; "
                      f"got {''.join(path.suffixes) or 'no suffix'}")
+
+
+def _read_zip(path: Path, role: str) -> pd.DataFrame:
+    """A ZIP archive holding one table (as downloads of public datasets often come): its one
+    CSV or Parquet file, read like the file itself; macOS's ``__MACOSX/`` entries are skipped."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise TableError(f"{role} table {path} is not a readable ZIP archive: {exc}") from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+        tables = [m for m in members if Path(m.filename).suffix.lower() in (".csv", ".tsv", ".txt", ".parquet")]
+        if len(tables) != 1:
+            names = ", ".join(m.filename for m in members) or "nothing"
+            raise TableError(f"{role} archive {path} must hold exactly one .csv or .parquet file; it holds {names}")
+        with tempfile.TemporaryDirectory(prefix="crmscore-zip-") as tmp:
+            inner = Path(tmp) / Path(tables[0].filename).name
+            with archive.open(tables[0]) as src, open(inner, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return read_table(inner, f"{role} ({path.name})")
 
 
 def csv_format(path: Path) -> dict[str, str]:

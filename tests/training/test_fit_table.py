@@ -220,6 +220,29 @@ def test_a_compressed_csv_is_read_like_its_plain_one(tmp_path: Path) -> None:
         read_table(tmp_path / "train.xlsx", "train")
 
 
+def test_a_zip_of_one_table_is_read_like_the_table(tmp_path: Path) -> None:
+    import zipfile
+
+    from crmscore.training.table import read_table
+
+    table = flat_table(200)
+    table.to_csv(tmp_path / "telco.csv", index=False)
+    with zipfile.ZipFile(tmp_path / "telco.zip", "w") as z:  # as a dataset download comes
+        z.write(tmp_path / "telco.csv", "data/WA_Telco.csv")
+        z.writestr("__MACOSX/data/._WA_Telco.csv", b"junk")
+    read = read_table(tmp_path / "telco.zip", "train")
+    pd.testing.assert_frame_equal(read, read_table(tmp_path / "telco.csv", "train"))
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as z:
+        z.write(tmp_path / "telco.csv", "a.csv")
+        z.write(tmp_path / "telco.csv", "b.csv")
+    with pytest.raises(TableError, match=r"^train archive .*two\.zip must hold exactly one \.csv or \.parquet file; "
+                                         r"it holds a\.csv, b\.csv$"):
+        read_table(tmp_path / "two.zip", "train")
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(TableError, match=r"^train table .*bad\.zip is not a readable ZIP archive"):
+        read_table(tmp_path / "bad.zip", "train")
+
+
 def test_a_positive_class_given_as_a_number_matches_a_column_read_as_floats(churn_frame) -> None:
     # without "status", the text copy of the target (a perfect predictor: 2,000 trees a fit)
     frame = churn_frame.drop(columns=["status"]).assign(churned=churn_frame["churned"].astype(float))
