@@ -394,10 +394,18 @@ def fit_table_command(
                                config=settings)
     except ValueError as exc:
         raise fail(str(exc), EXIT_INVALID_DATA) from None
-    for split, values in result.metrics.items():
+    info = result.bundle.info
+    logger.info("model: %d trees of up to %s leaves%s", info["trees"], info.get("num_leaves", "?"),
+                ", boosted from a GLM base" if info.get("log_linear_base") else "")
+    for split in ("validation", "test"):
+        values = result.metrics.get(split, {})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float) and k in
                           ("auc", "ece", "brier", "rmse", "mae", "spearman", "top20_capture"))
-        logger.info("%s: %s", split, shown)
+        if shown:
+            logger.info("%s: %s", split, shown)
+    if result.metrics.get("suspected_leaks"):
+        logger.warning("suspected leaks (columns that predict the target perfectly): %s",
+                       ", ".join(result.metrics["suspected_leaks"]))
     logger.info("MLflow run %s", result.run_id)
 
 

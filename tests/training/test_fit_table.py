@@ -373,3 +373,17 @@ def test_suspected_leaks_of_each_shape() -> None:
     margin = rng.gamma(1.0, 50.0, 500)
     frame = pd.DataFrame({"in_eur": margin * 0.92, "same": margin, "honest": margin + rng.normal(0, 20, 500)})
     assert suspected_leaks(frame, list(frame.columns), margin, ModelKind.EXPECTED_MARGIN) == ["in_eur", "same"]
+
+
+def test_the_command_names_suspected_leaks_and_the_model_it_chose(customer_table, mlflow_home, tmp_path: Path) -> None:
+    train, _ = split(customer_table, "churned", ["defaulted", "margin_next_90d"])  # "status" stays: a leak
+    train.to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "config.yaml").write_text("lightgbm:\n  max_rounds: 200\n")  # a perfect predictor: keep it short
+    result = CliRunner().invoke(app, ["fit-table", "churn", "--train", str(tmp_path / "train.csv"), "--target", "churned",
+                                      "--id", "customer_id", "--metrics", str(tmp_path / "m.json"),
+                                      "--config", str(tmp_path / "config.yaml")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.json").read_text())["suspected_leaks"] == ["status"]
+    output = " ".join(result.output.split())  # the log's console wraps long lines
+    assert "suspected leaks (columns that predict the target perfectly): status" in output
+    assert "model: 200 trees of up to 31 leaves" in output
