@@ -243,9 +243,11 @@ def summarise(table: Table, rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--splits", type=int, default=5, help="seeded 70/30 splits per table (at least 1)")
     parser.add_argument("--tables", default=",".join(t.name for t in TABLES))
     args = parser.parse_args()
+    if args.splits < 1:
+        raise SystemExit("--splits must be at least 1")
     chosen = args.tables.split(",")
     unknown = sorted(set(chosen) - {t.name for t in TABLES})
     if unknown:
@@ -260,7 +262,8 @@ def main() -> None:
             key = s["check"]["metric"]
             lines = []
             for model in MODELS:
-                cells = [f"{k} {v['mean']:.4f} ± {v['se']:.4f}" for k, v in s[model].items()]
+                cells = [f"{k} {v['mean']:.4f}" + ("" if v["se"] is None else f" ± {v['se']:.4f}")
+                         for k, v in s[model].items()]
                 lines.append((model, "   ".join(cells)))
             c = s["check"]
             what = "difference" if key == "auc" else "relative difference"
@@ -270,7 +273,9 @@ def main() -> None:
                                    f"base kept in {s['base_chosen']} of {args.splits} splits, trees {s['trees']}"))
             print_table(f"{table.name} ({table.kind}, {results[table.name]['rows']} rows, "
                         f"{results[table.name]['columns']} columns, {args.splits} splits; mean ± se)", lines)
-    path = write_json("tables", {"splits": args.splits, "seconds": round(time.perf_counter() - start, 1),
+    # a run on some of the tables does not overwrite the whole run's file
+    name = "tables" if set(chosen) == {t.name for t in TABLES} else "tables-" + "-".join(sorted(set(chosen)))
+    path = write_json(name, {"splits": args.splits, "seconds": round(time.perf_counter() - start, 1),
                                  "tables": results})
     print(f"\nwrote {path}")
 
