@@ -138,6 +138,8 @@ def plain_lightgbm(table: Table, train: pd.DataFrame, test: pd.DataFrame, y: np.
 
 
 def glm(table: Table, train: pd.DataFrame, test: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+    """The usual first model, written here rather than calling crmscore's own baseline
+    (``training.train.fit_baseline``): an anchor that a change to the library cannot move."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -155,8 +157,10 @@ def glm(table: Table, train: pd.DataFrame, test: pd.DataFrame, y: np.ndarray) ->
     return pipe.predict_proba(test)[:, 1] if table.classifier else pipe.predict(test)
 
 
-def crmscore(table: Table, train: pd.DataFrame, test: pd.DataFrame, work: Path, *, trees_only: bool) -> np.ndarray:
-    """``crmscore fit-table`` on the split written as CSV files (MLflow tracking off)."""
+def crmscore(table: Table, train: pd.DataFrame, test: pd.DataFrame, work: Path, *,
+             trees_only: bool) -> tuple[np.ndarray, dict]:
+    """``crmscore fit-table`` on the split written as CSV files (MLflow tracking off): the test
+    rows' scores and the fitted bundle's ``info`` (trees, leaves, base chosen)."""
     from crmscore.bundle import ModelKind
     from crmscore.training.config import TrainConfig
     from crmscore.training.table import fit_table_job
@@ -171,8 +175,7 @@ def crmscore(table: Table, train: pd.DataFrame, test: pd.DataFrame, work: Path, 
     predictions = pd.read_csv(out)
     if not np.array_equal(predictions["id"].to_numpy(), np.arange(len(test))):
         raise RuntimeError("fit-table's predictions are not in the test file's order")
-    crmscore.last_info = dict(result.bundle.info)  # type: ignore[attr-defined]
-    return predictions["score"].to_numpy(dtype=np.float64)
+    return predictions["score"].to_numpy(dtype=np.float64), dict(result.bundle.info)
 
 
 def metrics(table: Table, y: np.ndarray, score: np.ndarray) -> dict[str, float]:
@@ -202,12 +205,12 @@ def run_table(table: Table, splits: int, work: Path) -> dict:
         features_train, features_test = train.drop(columns=[table.target]), test.drop(columns=[table.target])
         row: dict = {"seed": seed, "train_rows": len(train), "test_rows": len(test)}
         start = time.perf_counter()
-        row["crmscore"] = metrics(table, y_test, crmscore(table, train, test, work, trees_only=False))
+        scores, info = crmscore(table, train, test, work, trees_only=False)
+        row["crmscore"] = metrics(table, y_test, scores)
         row["crmscore_seconds"] = round(time.perf_counter() - start, 2)
-        info = crmscore.last_info  # type: ignore[attr-defined]
         row["crmscore_trees"], row["crmscore_base"] = int(info["trees"]), bool(info.get("log_linear_base"))
         row["leaves"] = info.get("num_leaves")
-        row["crmscore_trees_only"] = metrics(table, y_test, crmscore(table, train, test, work, trees_only=True))
+        row["crmscore_trees_only"] = metrics(table, y_test, crmscore(table, train, test, work, trees_only=True)[0])
         row["plain_lightgbm"] = metrics(table, y_test, plain_lightgbm(table, features_train, features_test, y_train))
         row["glm"] = metrics(table, y_test, glm(table, features_train, features_test, y_train))
         rows.append(row)

@@ -403,17 +403,16 @@ def fit_table(
     except ValueError as exc:
         raise TableError(f"{train_name}: {exc}") from None
 
-    leaks = suspected_leaks(frame, fs.names, y, kind)
-    for col in leaks:
+    leaks = [plan.descriptions.get(c, c) for c in suspected_leaks(frame, fs.names, y, kind)]  # as the user named them
+    for name in leaks:
         logger.warning("column %r of %s predicts the target %r perfectly: if it is a copy or a consequence "
-                       "of the outcome, drop it (it is used as a feature)", plan.descriptions.get(col, col),
-                       train_name, target)
+                       "of the outcome, drop it (it is used as a feature)", name, train_name, target)
     targets = [PropensityTarget(positive or "1", TARGET)] if kind is ModelKind.PROPENSITY else []
     bundle, oof, y_oof = fit_bundle_cv(kind, frame, fs, config, label=TARGET, targets=targets)
     example_rows = test_frame if test_frame is not None else frame
     result = FitTableResult(bundle, example=_as_training_frame(example_rows.head(5), fs))
     if leaks:
-        result.metrics["suspected_leaks"] = [plan.descriptions.get(c, c) for c in leaks]
+        result.metrics["suspected_leaks"] = leaks
     result.metrics["validation"] = _metrics_from(kind, y_oof, oof)  # out-of-fold
     try:
         baseline = fit_baseline(kind, frame, fs, TARGET, config)
@@ -468,7 +467,7 @@ def suspected_leaks(frame: pd.DataFrame, columns: list[str], y: np.ndarray, kind
                 out.append(col)
         elif pd.api.types.is_numeric_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype) and not missing.any():
             x = s.to_numpy(dtype=np.float64)
-            if np.array_equal(x, y) or (np.std(x) > 0 and np.std(y) > 0 and np.corrcoef(x, y)[0, 1] > 1 - 1e-9):
+            if np.std(x) > 0 and np.std(y) > 0 and np.corrcoef(x, y)[0, 1] > 1 - 1e-9:  # a copy, too
                 out.append(col)
     return out
 

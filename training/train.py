@@ -405,7 +405,7 @@ def fit_log_linear_base(
         if own.size < (1 if counts[own].sum() < len(codes) else 2):  # a single level explains nothing
             continue
         categorical_columns.append(j)
-        level_columns.append((levels[n] + 1, own))
+        level_columns.append((levels[n] + 1, own, codes))
         blocks.append((codes[:, None] == own[None, :]).astype(np.float64))
     if not columns and not categorical_columns:
         return None
@@ -431,26 +431,20 @@ def fit_log_linear_base(
     n_numeric, at = len(columns), len(columns) + int(has_missing.sum())
     coef_missing = np.zeros(n_numeric)
     coef_missing[has_missing] = coef[n_numeric:at]
-    level_coef = []
-    for size, own in level_columns:
+    level_coef, level_terms = [], []
+    for size, own, codes in level_columns:
         table = np.zeros(size)
         table[own] = coef[at: at + own.size]
         at += own.size
         level_coef.append(table)
-    terms = np.column_stack([Z * coef[:n_numeric] + missing * coef_missing]
-                            + [t[design_codes] for t, design_codes in zip(
-                                level_coef, _level_codes(X, categorical_columns, level_columns), strict=True)])
+        level_terms.append(table[codes])
+    terms = np.column_stack([Z * coef[:n_numeric] + missing * coef_missing, *level_terms])
     return LogLinearBase(
         columns=columns, low=low.tolist(), high=high.tolist(), median=median.tolist(),
         mean=mean.tolist(), scale=scale.tolist(), coef=coef[:n_numeric].tolist(),
         coef_missing=coef_missing.tolist(), term_mean=terms.mean(axis=0).tolist(),
         intercept=intercept, categorical=categorical_columns, level_coef=[t.tolist() for t in level_coef],
     )
-
-
-def _level_codes(X: np.ndarray, columns: list[int], tables: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
-    """Each categorical column's codes as indices of its coefficient table (missing: the last)."""
-    return [np.where(np.isnan(X[:, j]), size - 1, X[:, j]).astype(np.intp) for j, (size, _) in zip(columns, tables, strict=True)]
 
 
 def _choose_log_linear_base(
