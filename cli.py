@@ -395,8 +395,10 @@ def fit_table_command(
     except ValueError as exc:
         raise fail(str(exc), EXIT_INVALID_DATA) from None
     info = result.bundle.info
-    logger.info("model: %d trees of up to %s leaves%s", info["trees"], info.get("num_leaves", "?"),
-                ", boosted from a GLM base" if info.get("log_linear_base") else "")
+    tried = list(info.get("cv_cat_smooth", {}))  # LightGBM's default smoothing first
+    smoothing = f", identifier-like text smoothed more (cat_smooth {tried[-1]})" if tried and f"{info['cat_smooth']:g}" != tried[0] else ""
+    logger.info("model: %d trees of up to %s leaves%s%s", info["trees"], info.get("num_leaves", "?"),
+                ", boosted from a GLM base" if info.get("log_linear_base") else "", smoothing)
     for split in ("validation", "test"):
         values = result.metrics.get(split, {})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float) and k in

@@ -31,6 +31,7 @@ from crmscore.training.train import (
     PropensityTarget,
     fit_baseline,
     fit_bundle_cv,
+    identifier_like,
     infer_feature_set,
     predict_baseline,
 )
@@ -450,7 +451,7 @@ def suspected_leaks(frame: pd.DataFrame, columns: list[str], y: np.ndarray, kind
         if kind.is_classifier:
             if isinstance(s.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(s):
                 codes = pd.Series(pd.factorize(s, use_na_sentinel=True)[0])
-                if codes.nunique() < 2 or codes.nunique() > max(2, len(s) // 20):
+                if codes.nunique() < 2 or identifier_like(codes.nunique(), len(s)):
                     continue
                 if (pd.Series(y).groupby(codes).nunique() == 1).all():
                     out.append(col)

@@ -13,6 +13,7 @@ from crmscore.training.train import (
     booster_categorical,
     fit_bundle,
     fit_bundle_cv,
+    identifier_like,
     new_bundle,
 )
 
@@ -323,6 +324,31 @@ def test_cross_validation_chooses_the_trees_size_on_small_tables() -> None:
     for config in (TrainConfig(leaves_search_max_rows=500), TrainConfig(leaves_search=())):
         fixed, _, _ = fit_bundle_cv(ModelKind.CREDIT_RISK, frame, DEFAULT_FEATURES, config, label="label")
         assert fixed.info["num_leaves"] == 31 and "cv_leaves" not in fixed.info
+
+
+def test_an_identifier_like_column_gets_its_smoothing_chosen_and_stays_out_of_the_base() -> None:
+    # a surname-like column of no signal: ~3 rows a name, the largest on under 1% of the rows
+    frame = _smooth_default_frame(2000, 0)
+    rng = np.random.default_rng(0)
+    weights = np.exp(rng.normal(0.0, 0.8, 600))
+    names = np.array([f"N{i:04d}" for i in range(600)])[rng.choice(600, len(frame), p=weights / weights.sum())]
+    frame["surname"] = pd.Categorical(names)
+    assert identifier_like(frame["surname"].nunique(), len(frame))
+    assert not identifier_like(3, len(frame))  # housing
+    features = FeatureSet([*DEFAULT_FEATURES.names, "surname"],
+                          {**DEFAULT_FEATURES.categorical, "surname": list(frame["surname"].cat.categories)})
+    bundle, _, _ = fit_bundle_cv(ModelKind.CREDIT_RISK, frame, features, TrainConfig(), label="label")
+    losses = bundle.info["cv_cat_smooth"]
+    assert list(losses) == ["10", "50"]  # LightGBM's default, then the stronger smoothing
+    assert bundle.info["cat_smooth"] == float(min(losses, key=losses.get))
+    assert f'cat_smooth: {bundle.info["cat_smooth"]:g}' in bundle.booster.model_to_string()
+    # the logistic base is kept (the smooth trend) with housing's levels and not the surname's
+    assert bundle.base is not None and bundle.base.categorical == [bundle.feature_names.index("housing")]
+    # no identifier-like column, or nothing to try: LightGBM's default, no search
+    for table, fs, config in ((frame.drop(columns="surname"), DEFAULT_FEATURES, TrainConfig()),
+                              (frame, features, TrainConfig(cat_smooth_search=()))):
+        fixed, _, _ = fit_bundle_cv(ModelKind.CREDIT_RISK, table, fs, config, label="label")
+        assert fixed.info["cat_smooth"] == 10.0 and "cv_cat_smooth" not in fixed.info
 
 
 def test_the_search_over_sizes_stops_at_the_first_that_is_worse() -> None:
