@@ -24,6 +24,8 @@ table              kind                   what it is
 ``<name>_surname`` as ``<name>``          each classification table with a seeded surname-like
                                           text column of no signal (~1 name per 3 rows): a
                                           column a data scientist leaves in
+``german_written`` credit_risk            ``german`` with the amount written "$1,169" and the
+                                          instalment rate "4%"
 =================  =====================  =======================================================
 
 Protocol: ``--splits`` seeded 70/30 splits of each table (stratified for the classifiers).
@@ -108,6 +110,15 @@ def _with_surname(load: Callable[[], pd.DataFrame]) -> Callable[[], pd.DataFrame
     return loaded
 
 
+def _german_written() -> pd.DataFrame:
+    """German credit with two numbers written for people, as spreadsheets and loan books write
+    them: the amount as "$1,169", the instalment rate as "4%" (Lending Club's ``int_rate`` is
+    "10.65%"). fit-table should read them as the numbers they are."""
+    frame = _german()
+    return frame.assign(amount=[f"${v:,}" for v in frame["amount"]],
+                        installment_rate=[f"{v}%" for v in frame["installment_rate"]])
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
@@ -133,6 +144,7 @@ TABLES = [
     Table("default_surname", "credit_risk", _with_surname(_islp("Default")), "default", "Yes"),
     Table("german_surname", "credit_risk", _with_surname(_german), "good_bad", "2"),
     Table("oj_surname", "propensity", _with_surname(_islp("OJ")), "Purchase", "MM"),
+    Table("german_written", "credit_risk", _german_written, "good_bad", "2"),
 ]
 MODELS = ("crmscore", "plain_lightgbm", "glm", "crmscore_trees_only")
 #: "not worse than the better anchor": the promotion gate's defaults (TrainConfig)

@@ -144,6 +144,30 @@ def _blank_to_missing(s: pd.Series) -> pd.Series:
     return text.where(~stripped.isin(MISSING_MARKERS), None)
 
 
+#: numbers written for people: a currency symbol before or after, a trailing percent sign,
+#: thousands separated by commas (``$1,169.50``, ``10.65 %``, ``1,250 EUR`` is not one)
+_CURRENCY_OR_PERCENT = r"^(?P<sign>[+-]?)\s*[$€£¥]\s*|\s*[%$€£¥]$"
+_THOUSANDS = r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+
+
+def _to_number(s: pd.Series) -> pd.Series:
+    """Text as numbers, formatted ones too (:data:`_CURRENCY_OR_PERCENT`, :data:`_THOUSANDS`):
+    ``"10.65%"`` is 10.65 and ``"$1,169"`` 1169, as written; anything else is NaN. The
+    formats are read once per distinct value, so a category column costs its levels."""
+    values = pd.to_numeric(s, errors="coerce")
+    rest = s.notna() & values.isna()
+    if rest.any():
+        text = s[rest].astype(str)
+        distinct = pd.Series(text.unique())
+        cleaned = distinct.str.strip().str.replace(_CURRENCY_OR_PERCENT, r"\g<sign>", regex=True).str.strip()
+        cleaned = cleaned.where(~cleaned.str.fullmatch(_THOUSANDS), cleaned.str.replace(",", "", regex=False))
+        numbers = pd.to_numeric(cleaned, errors="coerce")
+        if numbers.notna().any():  # else text, e.g. a category's levels: nothing to map
+            values = values.astype(np.float64)
+            values[rest] = text.map(dict(zip(distinct, numbers, strict=True))).to_numpy(dtype=np.float64)
+    return values
+
+
 def _as_days(s: pd.Series, where: str) -> pd.Series:
     """Dates and durations as days (since 1970-01-01 for dates), so trees can split on them.
 
@@ -194,7 +218,7 @@ class ColumnPlan:
             if col in self.days:
                 s = _as_days(_blank_to_missing(s) if _is_text(s) else s, f"column {col!r} of {table}")
             elif col in self.numbers:
-                s = pd.to_numeric(_blank_to_missing(s))
+                s = _to_number(_blank_to_missing(s))
             elif _is_text(s):
                 s = _blank_to_missing(s)
             out[name] = s
@@ -227,12 +251,12 @@ def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> 
         if present.empty:  # nothing but blanks: a number column with no values
             numbers.append(col)
             continue
-        share = pd.to_numeric(present, errors="coerce").notna().mean()
+        share = _to_number(present).notna().mean()
         if share == 1.0:
             numbers.append(col)
         elif share >= NUMERIC_SHARE:
             for v, name in values:
-                junk = v[pd.to_numeric(v, errors="coerce").isna()]
+                junk = v[_to_number(v).isna()]
                 if len(junk):
                     examples = ", ".join(repr(x) for x in junk.unique()[:3])
                     problems.append((name, f"{col!r} ({len(junk)} of {len(v)} values, e.g. {examples})"))

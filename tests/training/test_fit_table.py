@@ -180,6 +180,30 @@ def test_blanks_and_missing_markers_read_as_missing_and_number_text_as_numbers(t
     assert result.metrics["test"]["auc"] > 0.7
 
 
+def test_numbers_written_for_people_are_numbers(tmp_path: Path) -> None:
+    """Currency symbols, thousands separators and percent signs, as spreadsheets and loan books
+    write them (Lending Club's ``int_rate`` is "10.65%"): the same model as the plain numbers."""
+    table = flat_table()
+    written = table.copy()
+    written["Monthly charges ($)"] = [f"${v:,.2f}" if i % 2 else f"{v:.2f} $" for i, v in enumerate(table["Monthly charges ($)"])]
+    written["total[charges]"] = [f"{v:,.0f}" for v in table["total[charges]"]]  # "3,550"
+    table["discount"] = (np.arange(len(table)) % 7) * 2.5
+    written["discount"] = [f"{v:g}%" for v in table["discount"]]
+    written.loc[5, "discount"] = " "  # blank: missing, as for plain numbers
+    table.loc[5, "discount"] = np.nan
+    written.to_csv(tmp_path / "written.csv", index=False)
+    from_text = fit_table(ModelKind.CHURN, pd.read_csv(tmp_path / "written.csv"), "Churn", id_column="customer_id")
+    plain = fit_table(ModelKind.CHURN, table, "Churn", id_column="customer_id")
+    for name in ("Monthly_charges_($)", "total_charges", "discount"):
+        assert name in from_text.bundle.feature_names and name not in from_text.bundle.categorical_levels
+    pd.testing.assert_frame_equal(from_text.example, plain.example)
+    assert from_text.bundle.booster.model_to_string() == plain.bundle.booster.model_to_string()
+    # a unit after a number is still junk, not a format: the error names it
+    written.loc[3, "discount"] = "12 EUR"
+    with pytest.raises(TableError, match="'discount' \\(1 of 1499 values, e.g. '12 EUR'\\)"):
+        fit_table(ModelKind.CHURN, written, "Churn", id_column="customer_id")
+
+
 def test_awkward_names_dates_and_a_semicolon_csv(tmp_path: Path) -> None:
     """Column names LightGBM refuses (JSON's characters), a date column, a ';' CSV with decimal commas."""
     table = flat_table()
