@@ -21,6 +21,10 @@ table              kind                   what it is
                                           Maid (39%)
 ``credit_balance`` expected_margin        ISLP ``Credit``: 400 card holders; target: the card
                                           balance (24% zero), a spend-like zero-inflated value
+``wage``           expected_margin        ISLP ``Wage``: 3,000 workers' wages (age, year,
+                                          education, job class, ...; ``logwage`` dropped, a copy)
+``carseats``       expected_margin        ISLP ``Carseats``: unit sales of 400 shops, close to
+                                          linear in price, shelf location, advertising
 ``<name>_surname`` as ``<name>``          each classification table with a seeded surname-like
                                           text column of no signal (~1 name per 3 rows): a
                                           column a data scientist leaves in
@@ -139,6 +143,9 @@ TABLES = [
     Table("german", "credit_risk", _german, "good_bad", "2"),
     Table("oj", "propensity", _islp("OJ"), "Purchase", "MM"),
     Table("credit_balance", "expected_margin", _islp("Credit"), "Balance", drop=("ID",)),
+    # values that are not customers' spend, for expected margin's regression on other shapes
+    Table("wage", "expected_margin", _islp("Wage"), "wage", drop=("logwage",)),
+    Table("carseats", "expected_margin", _islp("Carseats"), "Sales"),
     # robustness: the classification tables again, with an identifier-like column of no signal
     Table("caravan_surname", "propensity", _with_surname(_islp("Caravan")), "Purchase", "Yes"),
     Table("default_surname", "credit_risk", _with_surname(_islp("Default")), "default", "Yes"),
