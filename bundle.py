@@ -244,7 +244,8 @@ _BASE_BLOCK_ROWS = 4096
 @dataclass(frozen=True)
 class LogLinearBase:
     """A GLM the booster is boosted from, on the booster's raw scale: its prediction is
-    link^-1(base(x) + trees(x)), the log of expected margin or the log-odds of a classifier.
+    link^-1(base(x) + trees(x)), the log of expected margin or the log-odds of a classifier
+    (or expected margin itself, for a least-squares booster from an additive base).
 
     Trees predict a constant per leaf, so they cannot rank or size the customers beyond the
     largest values a leaf of training rows holds; a log-linear model in log-scaled features
@@ -252,7 +253,8 @@ class LogLinearBase:
     count x value models of customer-base analysis do (BG/NBD x Gamma-Gamma). On small
     tables a logistic model states a smooth trend with a few coefficients where trees need
     many leaves of few rows each (fit-table, docs/tables.md). Each numeric feature enters as
-    ``sign(x) log(1 + |x|)``, clipped to its training range (no extrapolation past what
+    ``sign(x) log(1 + |x|)`` (as ``x`` in an additive base: :attr:`log_scaled` False, for
+    values a straight line fits, such as a card balance in the credit limit), clipped to its training range (no extrapolation past what
     training saw), missing values as the training median plus a missing indicator,
     standardised; ``coef`` and ``coef_missing`` are per feature. Each categorical feature in
     ``categorical`` enters by its level: ``level_coef[i][code]``, the last entry for a
@@ -275,6 +277,9 @@ class LogLinearBase:
     intercept: float
     categorical: list[int] = field(default_factory=list)
     level_coef: list[list[float]] = field(default_factory=list)
+    #: False: the numeric features enter as they are, not log-scaled: an additive base for a
+    #: least-squares booster (expected margin in fit-table, when a straight line fits the value)
+    log_scaled: bool = True
 
     @property
     def features(self) -> list[int]:
@@ -299,14 +304,17 @@ class LogLinearBase:
         return table[safe.astype(np.intp)]
 
     def _transform(self, X: np.ndarray, V: np.ndarray, Z: np.ndarray, missing: np.ndarray) -> np.ndarray:
-        """Fill ``Z`` with the features as the GLM reads them (``sign(x) log(1 + |x|)``, the
-        median where missing, clipped to the training range) and ``missing`` with where they
+        """Fill ``Z`` with the features as the GLM reads them (``sign(x) log(1 + |x|)``, or
+        ``x`` when not :attr:`log_scaled`; the median where missing, clipped to the training range) and ``missing`` with where they
         are missing, for the rows of ``X``; ``V`` (same shape) is scratch. Returns ``missing``."""
         np.take(X, self._vectors["columns"], axis=1, out=V)
         np.isnan(V, out=missing)
-        np.abs(V, out=Z)
-        np.log1p(Z, out=Z)
-        np.copysign(Z, V, out=Z)
+        if self.log_scaled:
+            np.abs(V, out=Z)
+            np.log1p(Z, out=Z)
+            np.copysign(Z, V, out=Z)
+        else:
+            np.copyto(Z, V)
         np.copyto(Z, self._vectors["median"], where=missing)
         np.clip(Z, self._vectors["low"], self._vectors["high"], out=Z)
         return missing
@@ -487,6 +495,8 @@ class ModelBundle:
         if self.kind is ModelKind.EXPECTED_MARGIN:
             objective = self.info.get("objective", "tweedie")
             value = np.exp(raw) if objective in ("tweedie", "poisson", "gamma") else raw
+            if "lower_bound" in self.info:  # a least-squares model of a non-negative value
+                value = np.maximum(value, float(self.info["lower_bound"]))
             # A log-link booster's predictions need not add up to the actual total; the scale
             # fitted on held-out rows (sum of actuals / sum of predictions) balances them.
             return value * float(self.info.get("margin_scale", 1.0))

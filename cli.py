@@ -397,8 +397,11 @@ def fit_table_command(
     info = result.bundle.info
     tried = list(info.get("cv_cat_smooth", {}))  # LightGBM's default smoothing first
     smoothing = f", identifier-like text smoothed more (cat_smooth {tried[-1]})" if tried and f"{info['cat_smooth']:g}" != tried[0] else ""
-    logger.info("model: %d trees of up to %s leaves%s%s", info["trees"], info.get("num_leaves", "?"),
-                ", boosted from a GLM base" if info.get("log_linear_base") else "", smoothing)
+    base = ""
+    if info.get("log_linear_base"):
+        base = (", least squares boosted from an additive GLM base" if info.get("objective") == "regression"
+                else ", boosted from a GLM base")
+    logger.info("model: %d trees of up to %s leaves%s%s", info["trees"], info.get("num_leaves", "?"), base, smoothing)
     for split in ("validation", "test"):
         values = result.metrics.get(split, {})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float) and k in

@@ -435,3 +435,24 @@ def test_an_identifier_like_column_is_smoothed_out_of_fold_and_the_command_says_
                                    "--id", "id"])
     assert cli.exit_code == 0, cli.output
     assert "identifier-like text smoothed more (cat_smooth 50)" in " ".join(cli.output.split())
+
+
+def test_a_value_a_straight_line_fits_gets_least_squares_and_the_command_says_so(mlflow_home, tmp_path: Path) -> None:
+    # a card balance close to linear in the limit and the income, plus a student's shift (ISLP's
+    # Credit): least squares from an additive base is kept, and never predicts below zero
+    rng = np.random.default_rng(2)
+    n = 600
+    limit, income = rng.uniform(1_000, 12_000, n), rng.lognormal(3.6, 0.6, n)
+    student = rng.choice(["yes", "no"], n, p=[0.1, 0.9])
+    linear = 100 + 0.17 * limit - 2.0 * income + np.where(student == "yes", 400.0, 0.0)
+    table = pd.DataFrame({"id": np.arange(n), "limit": limit, "income": income, "student": student,
+                          "balance": np.maximum(linear + rng.normal(0, 40, n), 0.0)})
+    table.iloc[:450].to_csv(tmp_path / "train.csv", index=False)
+    table.iloc[450:].to_csv(tmp_path / "test.csv", index=False)
+    cli = CliRunner().invoke(app, ["fit-table", "expected_margin", "--train", str(tmp_path / "train.csv"), "--target", "balance",
+                                   "--id", "id", "--test", str(tmp_path / "test.csv"), "--predictions", str(tmp_path / "p.csv"),
+                                   "--metrics", str(tmp_path / "m.json")])
+    assert cli.exit_code == 0, cli.output
+    assert "least squares boosted from an additive GLM base" in " ".join(cli.output.split())
+    assert pd.read_csv(tmp_path / "p.csv")["score"].min() >= 0.0
+    assert json.loads((tmp_path / "m.json").read_text())["test"]["rmse"] < 45  # the noise is 40
