@@ -251,7 +251,7 @@ def run_table(table: Table, splits: int, work: Path) -> dict:
         row["crmscore"] = metrics(table, y_test, scores)
         row["crmscore_seconds"] = round(time.perf_counter() - start, 2)
         row["crmscore_trees"], row["crmscore_base"] = int(info["trees"]), bool(info.get("log_linear_base"))
-        row["crmscore_additive"] = info.get("objective") == "regression"  # least squares from an additive base
+        row["crmscore_additive"] = bool(info.get("additive_base"))  # least squares from an additive base
         row["leaves"] = info.get("num_leaves")
         row["crmscore_trees_only"] = metrics(table, y_test, crmscore(table, train, test, work, trees_only=True)[0])
         row["plain_lightgbm"] = metrics(table, y_test, plain_lightgbm(table, features_train, features_test, y_train))

@@ -88,8 +88,9 @@ class TrainConfig(Strict):
     #: expected margin in fit-table: also try least squares boosted from an additive GLM (the
     #: numbers as they are, categorical levels by level) and keep it when its cross-fitted
     #: out-of-fold RMSE and Tweedie deviance are both lower than the log-link model's
-    #: (docs/tables.md: credit balances RMSE 104 -> 38, Carseats 1.28 -> 1.06; CDNOW kept the
-    #: log link)
+    #: (docs/tables.md: credit balances RMSE 104 -> 37, Carseats 1.28 -> 1.06; CDNOW kept the
+    #: log link). A margin that can be negative (least squares already) gets the additive base
+    #: against trees alone, by the out-of-fold squared error
     margin_additive_base: bool = True
     #: classifiers in fit-table: also try boosting the trees from a logistic GLM (the same
     #: base, on the log-odds) and keep it when its cross-fitted out-of-fold log loss is lower

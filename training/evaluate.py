@@ -453,7 +453,7 @@ def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]
     Parameters
     ----------
     y_true : array-like of shape (n_rows,)
-        Observed values (e.g. currency); their total must be positive.
+        Observed values (e.g. currency), of any sign.
     y_pred : array-like of shape (n_rows,)
         Predicted values, same unit.
 
@@ -467,20 +467,27 @@ def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]
         * ``top20_capture``, ``top10_capture`` -- share of the total actual value held by
           the 20% / 10% of rows with the highest predictions (:func:`top_share`);
         * ``aggregate_error`` -- ``sum(y_pred) / sum(y_true) - 1`` (0 = totals agree).
+
+        The two shares and the aggregate error are left out when ``y_true`` does not sum to
+        a positive total (losses and gains netting to zero or less): they have no meaning.
     """
     y, pred = _as_pair(y_true, y_pred, "y_pred")
-    total = _check_positive_total(y, "regression_metrics")
     constant = y.min() == y.max() or pred.min() == pred.max()
     spearman = np.nan if constant else float(stats.spearmanr(y, pred).statistic)
-    return {
+    out = {
         "rmse": float(np.sqrt(mean_squared_error(y, pred))),
         "mae": float(mean_absolute_error(y, pred)),
         "spearman": spearman,
-        "top20_capture": _top_sum(y, pred, 0.2)[0] / total,
-        "top10_capture": _top_sum(y, pred, 0.1)[0] / total,
-        "aggregate_error": float(pred.sum()) / total - 1.0,
-        "r2": float(r2_score(y, pred)),
     }
+    total = float(y.sum())
+    if total > 0:  # shares of a total: a margin of losses and gains summing to <= 0 has none
+        out.update({
+            "top20_capture": _top_sum(y, pred, 0.2)[0] / total,
+            "top10_capture": _top_sum(y, pred, 0.1)[0] / total,
+            "aggregate_error": float(pred.sum()) / total - 1.0,
+        })
+    out["r2"] = float(r2_score(y, pred))
+    return out
 
 
 def oracle_ratios(y_true: ArrayLike, p_model: ArrayLike, p_true: ArrayLike) -> dict[str, float]:

@@ -326,7 +326,8 @@ def fit_bundle(
     else:
         if params["objective"] == "tweedie" and config.margin_log_linear_base:
             _choose_log_linear_base(proto, params, X, y, Xv[es], yv[es], Xv, yv, config, weight)
-        proto.info["margin_scale"] = balance_scale(yv[cal], proto.predict(Xv[cal]))
+        if params["objective"] == "tweedie":  # least squares already matches the mean
+            proto.info["margin_scale"] = balance_scale(yv[cal], proto.predict(Xv[cal]))
     logger.info("%s: %d trees on %d rows", kind.value, proto.booster.num_trees(), len(y))
     return proto
 
@@ -617,9 +618,11 @@ def fit_bundle_cv(
         proto.info["cv_cat_smooth"] = {f"{k[0]:g}": v[2] for k, v in smoothing.items()}
     base = None
     objective = params["objective"]
-    if (objective == "tweedie" and config.margin_log_linear_base) or (objective == "binary" and config.classifier_base):
+    if ((objective == "tweedie" and config.margin_log_linear_base) or (objective == "binary" and config.classifier_base)
+            or (objective == "regression" and config.margin_additive_base)):
         # Trees alone, or boosted from a GLM base (log-linear Tweedie for expected margin,
-        # logistic for a classifier), whichever has the lower out-of-fold loss (the one early
+        # logistic for a classifier, additive least squares for a margin that can be negative,
+        # the least-squares booster's), whichever has the lower out-of-fold loss (the one early
         # stopping reads). Cross-fitted: fold k's trees are boosted from a base fitted on the
         # other folds only, for its training and its held-out rows alike, so nothing of fold k
         # reaches fold k's score. (A base fitted on every row would be in-sample on the
@@ -633,11 +636,12 @@ def fit_bundle_cv(
         # Identifier-like ones stay out of the classifier's base too: their few frequent levels
         # fit noise (a surname-like column of no signal took Default from AUC 0.9518 to 0.9477)
         levels = {n: len(v) for n, v in proto.categorical_levels.items()
-                  if not identifier_like(len(v), len(y))} if objective == "binary" else None
+                  if not identifier_like(len(v), len(y))} if objective != "tweedie" else None
 
         def fit_base(rows: np.ndarray) -> LogLinearBase | None:
             return fit_log_linear_base(X[rows], y[rows], names, categorical, power, levels=levels,
-                                       weight=None if weight is None else weight[rows])
+                                       weight=None if weight is None else weight[rows],
+                                       additive=objective == "regression")
 
         candidate = fit_base(np.arange(len(y)))
         fold_bases = [fit_base(train_idx) for train_idx, _ in folds]
@@ -692,6 +696,8 @@ def fit_bundle_cv(
     final = lgb.train(params, dataset, num_boost_round=best)
     proto.booster = lgb.Booster(model_str=final.model_to_string())
     proto.base = base
+    if base is not None and not base.log_scaled:
+        proto.info["additive_base"] = True
     proto.info.update({"trees": best, "num_leaves": params["num_leaves"], "cat_smooth": params["cat_smooth"],
                        "train_rows": int(len(y)), "cv_folds": n_folds,
                        "log_linear_base": base is not None,
@@ -701,7 +707,8 @@ def fit_bundle_cv(
         proto.calibrators[key] = Calibrator.fit(oof_raw, y)
         oof = proto.calibrators[key].apply(oof_raw)
     else:
-        proto.info["margin_scale"] = balance_scale(y, proto.from_raw(oof_raw))
+        if params["objective"] == "tweedie":  # least squares already matches the mean
+            proto.info["margin_scale"] = balance_scale(y, proto.from_raw(oof_raw))
         oof = proto.from_raw(oof_raw)
     logger.info("%s: %d trees chosen by %d-fold cross-validation on %d rows", kind.value, best, n_folds, len(y))
     return proto, oof, y

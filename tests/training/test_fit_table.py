@@ -456,3 +456,24 @@ def test_a_value_a_straight_line_fits_gets_least_squares_and_the_command_says_so
     assert "least squares boosted from an additive GLM base" in " ".join(cli.output.split())
     assert pd.read_csv(tmp_path / "p.csv")["score"].min() >= 0.0
     assert json.loads((tmp_path / "m.json").read_text())["test"]["rmse"] < 45  # the noise is 40
+
+
+def test_a_margin_of_losses_and_gains_gets_an_additive_base_and_its_defined_metrics() -> None:
+    # customer profit that can be negative (a cost to serve above the gross margin) and nets to
+    # a loss: least squares from an additive base against trees alone, no rescaling of totals
+    rng = np.random.default_rng(3)
+    n = 800
+    orders, tickets = rng.poisson(6, n).astype(float), rng.poisson(2, n).astype(float)
+    segment = rng.choice(["retail", "trade"], n)
+    profit = 12.0 * orders - 45.0 * tickets + np.where(segment == "trade", 30.0, 0.0) - 5.0 + rng.normal(0, 10, n)
+    table = pd.DataFrame({"id": np.arange(n), "orders": orders, "tickets": tickets, "segment": segment, "profit": profit})
+    train, test = table.iloc[:600], table.iloc[600:].copy()
+    test["profit"] -= test["profit"].sum() / len(test) + 1.0  # the test rows net to a loss
+    result = fit_table(ModelKind.EXPECTED_MARGIN, train, "profit", id_column="id", test=test)
+    info = result.bundle.info
+    assert info["objective"] == "regression" and info["additive_base"] is True
+    assert not result.bundle.base.log_scaled and "margin_scale" not in info
+    assert result.predictions["score"].min() < 0  # losses are predicted as losses
+    metrics = result.metrics["test"]
+    assert {"rmse", "mae", "spearman", "r2"} <= set(metrics) and "top20_capture" not in metrics
+    assert metrics["spearman"] > 0.9
