@@ -618,6 +618,25 @@ def fit_bundle_cv(
         proto.info["cv_cat_smooth"] = {f"{k[0]:g}": v[2] for k, v in smoothing.items()}
     base = None
     objective = params["objective"]
+    # Categorical features enter the logistic and the additive bases by level; not expected
+    # margin's log-linear base, where a level's factor multiplies spend and overshoots (ISLP's
+    # Credit balances, 5 splits: RMSE 106 -> 133; the 50k synthetic base: ratio 1.231 ->
+    # 1.236; docs/tables.md). Identifier-like ones stay out of every base: their few frequent
+    # levels fit noise (a surname-like column of no signal took Default from AUC 0.9518 to 0.9477).
+    base_levels = {n: len(v) for n, v in proto.categorical_levels.items() if not identifier_like(len(v), len(y))}
+
+    def cross_fitted_base(power: float | None, additive: bool) -> tuple[LogLinearBase, list[np.ndarray]] | None:
+        """The base fitted on every row, and each fold's offsets from a base fitted without it."""
+        def fit(rows: np.ndarray) -> LogLinearBase | None:
+            levels = None if power is not None and not additive else base_levels
+            return fit_log_linear_base(X[rows], y[rows], names, categorical, power, levels=levels,
+                                       weight=None if weight is None else weight[rows], additive=additive)
+
+        full, per_fold = fit(np.arange(len(y))), [fit(train_idx) for train_idx, _ in folds]
+        if full is None or any(b is None for b in per_fold):
+            return None
+        return full, [b(X) for b in per_fold]
+
     if ((objective == "tweedie" and config.margin_log_linear_base) or (objective == "binary" and config.classifier_base)
             or (objective == "regression" and config.margin_additive_base)):
         # Trees alone, or boosted from a GLM base (log-linear Tweedie for expected margin,
@@ -629,31 +648,18 @@ def fit_bundle_cv(
         # held-out folds and win on small noisy tables where it should lose.) The model kept
         # is the base fitted on every row, boosted with the number of trees the cross-fitted
         # CV chose.
-        power = params.get("tweedie_variance_power") if objective == "tweedie" else None
-        # Categorical levels in a classifier's base only: in expected margin's log-linear base
-        # they were worse (ISLP's Credit balances, 5 splits: RMSE 106 -> 133; the 50k synthetic
-        # base: ratio 1.231 -> 1.236), multiplying spend by a level's factor (docs/tables.md).
-        # Identifier-like ones stay out of the classifier's base too: their few frequent levels
-        # fit noise (a surname-like column of no signal took Default from AUC 0.9518 to 0.9477)
-        levels = {n: len(v) for n, v in proto.categorical_levels.items()
-                  if not identifier_like(len(v), len(y))} if objective != "tweedie" else None
-
-        def fit_base(rows: np.ndarray) -> LogLinearBase | None:
-            return fit_log_linear_base(X[rows], y[rows], names, categorical, power, levels=levels,
-                                       weight=None if weight is None else weight[rows],
-                                       additive=objective == "regression")
-
-        candidate = fit_base(np.arange(len(y)))
-        fold_bases = [fit_base(train_idx) for train_idx, _ in folds]
-        if candidate is not None and all(b is not None for b in fold_bases):
-            with_base = cross_validate([b(X) for b in fold_bases])
+        fitted = cross_fitted_base(params.get("tweedie_variance_power") if objective == "tweedie" else None,
+                                   additive=objective == "regression")
+        if fitted is not None:
+            candidate, offsets = fitted
+            with_base = cross_validate(offsets)
             proto.info["cv_deviance"] = {"trees": loss, "log_linear_base": with_base[2]}
             if with_base[2] < loss:
                 base = candidate
                 _, best, loss, oof_raw = with_base
                 # the trees' dataset of all rows (binned as before), now with the base's offsets
                 dataset.set_init_score(candidate(X))
-    if objective == "tweedie" and config.margin_additive_base:
+    if objective == "tweedie" and config.margin_additive_base and (fitted := cross_fitted_base(None, additive=True)):
         # One more candidate: least squares boosted from an additive base, for values a straight
         # line fits (a card balance in the credit limit, sales in the price), where a log link
         # states a power law and overshoots (docs/tables.md: Carseats RMSE 1.28 against ridge's
@@ -662,37 +668,29 @@ def fit_bundle_cv(
         # and the Tweedie deviance: on zero-inflated, heavy-tailed spend the squared error of
         # ~1,300 rows is set by a few large customers and chose least squares on 3 of 4 small
         # synthetic bases, with Spearman 0.48-0.66 against the log link's 0.71-0.78.
-        levels = {n: len(v) for n, v in proto.categorical_levels.items() if not identifier_like(len(v), len(y))}
+        from sklearn.metrics import mean_tweedie_deviance
 
-        def fit_additive(rows: np.ndarray) -> LogLinearBase | None:
-            return fit_log_linear_base(X[rows], y[rows], names, categorical, None, levels=levels,
-                                       weight=None if weight is None else weight[rows], additive=True)
-
-        additive = fit_additive(np.arange(len(y)))
-        fold_bases = [fit_additive(train_idx) for train_idx, _ in folds]
-        if additive is not None and all(b is not None for b in fold_bases):
-            tweedie = dict(params)
-            params.update(objective="regression", metric="l2")
-            del params["tweedie_variance_power"]
-            with_additive = cross_validate([b(X) for b in fold_bases])
-            from sklearn.metrics import mean_tweedie_deviance
-
-            # the deviance needs a positive mean: a straight line's predictions below a
-            # thousandth of the mean are held there
-            floor, power = 1e-3 * float(np.mean(y)), tweedie["tweedie_variance_power"]
-            means = {"log_link": np.exp(oof_raw), "additive": np.maximum(with_additive[3], floor)}
-            rmse = {k: float(np.sqrt(np.mean((m - y) ** 2))) for k, m in means.items()}
-            deviance = {k: float(mean_tweedie_deviance(y, m, power=power)) for k, m in means.items()}
-            proto.info.update({"cv_objective_rmse": rmse, "cv_objective_deviance": deviance})
-            if rmse["additive"] < rmse["log_link"] and deviance["additive"] < deviance["log_link"]:
-                base = additive
-                dataset, best, loss, oof_raw = with_additive
-                dataset.set_init_score(additive(X))
-                # expected margin of a non-negative value: never below zero (from_raw)
-                proto.info.update({"objective": "regression", "lower_bound": 0.0})
-            else:
-                params.clear()
-                params.update(tweedie)
+        additive, offsets = fitted
+        tweedie = dict(params)
+        params.update(objective="regression", metric="l2")
+        del params["tweedie_variance_power"]
+        with_additive = cross_validate(offsets)
+        # the deviance needs a positive mean: a straight line's predictions below a thousandth
+        # of the mean are held there
+        floor, power = 1e-3 * float(np.mean(y)), tweedie["tweedie_variance_power"]
+        means = {"log_link": np.exp(oof_raw), "additive": np.maximum(with_additive[3], floor)}
+        rmse = {k: float(np.sqrt(np.mean((m - y) ** 2))) for k, m in means.items()}
+        deviance = {k: float(mean_tweedie_deviance(y, m, power=power)) for k, m in means.items()}
+        proto.info.update({"cv_objective_rmse": rmse, "cv_objective_deviance": deviance})
+        if rmse["additive"] < rmse["log_link"] and deviance["additive"] < deviance["log_link"]:
+            base = additive
+            dataset, best, loss, oof_raw = with_additive
+            dataset.set_init_score(additive(X))
+            # expected margin of a non-negative value: never below zero (from_raw)
+            proto.info.update({"objective": "regression", "lower_bound": 0.0})
+        else:
+            params.clear()
+            params.update(tweedie)
     final = lgb.train(params, dataset, num_boost_round=best)
     proto.booster = lgb.Booster(model_str=final.model_to_string())
     proto.base = base
