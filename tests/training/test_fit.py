@@ -239,6 +239,21 @@ def test_cross_fitted_cv_refuses_the_base_on_a_small_noisy_table(kind, trees_onl
 # --- expected margin in `crmscore train` (fit_bundle: a validation split, not CV) ---------------
 
 
+def test_fit_bundle_of_a_margin_netting_near_zero_is_not_rescaled() -> None:
+    # loss-making customers (margin after a cost to serve): least squares, whose predictions
+    # already match the mean; a sum-of-actuals / sum-of-predictions scale on a total near zero
+    # would be noise, bounded to halve or double every prediction
+    train, valid = _spend_frame(4000, 0, multiplicative=True), _spend_frame(2000, 1, multiplicative=True)
+    for frame in (train, valid):
+        frame["label_margin"] -= 15.0  # about the mean (14.9, 14.7): the totals net close to zero
+    fs = FeatureSet(["orders", "revenue", "noise"], {})
+    bundle = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(), label="label_margin")
+    assert bundle.info["objective"] == "regression" and "margin_scale" not in bundle.info
+    predicted = bundle.predict(bundle.encode(valid))
+    assert predicted.min() < 0  # losses predicted as losses
+    assert abs(predicted.mean() - valid["label_margin"].mean()) < 0.2 * valid["label_margin"].std()
+
+
 def test_fit_bundle_keeps_the_log_linear_base_when_spend_is_count_times_value() -> None:
     train, valid = _spend_frame(6000, 0, multiplicative=True), _spend_frame(3000, 1, multiplicative=True)
     fs = FeatureSet(["orders", "revenue", "noise"], {})
