@@ -254,8 +254,9 @@ class LogLinearBase:
     tables a logistic model states a smooth trend with a few coefficients where trees need
     many leaves of few rows each (fit-table, docs/tables.md). Each numeric feature enters as
     ``sign(x) log(1 + |x|)`` (as ``x`` in an additive base: :attr:`log_scaled` False, for
-    values a straight line fits, such as a card balance in the credit limit), clipped to its training range (no extrapolation past what
-    training saw), missing values as the training median plus a missing indicator,
+    values a straight line fits, such as a card balance in the credit limit), clipped to its
+    training range (no extrapolation past what training saw), missing values as the training
+    median plus a missing indicator,
     standardised; ``coef`` and ``coef_missing`` are per feature. Each categorical feature in
     ``categorical`` enters by its level: ``level_coef[i][code]``, the last entry for a
     missing or unknown level (levels too rare to estimate share the reference, 0).
@@ -305,8 +306,9 @@ class LogLinearBase:
 
     def _transform(self, X: np.ndarray, V: np.ndarray, Z: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """Fill ``Z`` with the features as the GLM reads them (``sign(x) log(1 + |x|)``, or
-        ``x`` when not :attr:`log_scaled`; the median where missing, clipped to the training range) and ``missing`` with where they
-        are missing, for the rows of ``X``; ``V`` (same shape) is scratch. Returns ``missing``."""
+        ``x`` when not :attr:`log_scaled`; the median where missing, clipped to the training
+        range) and ``missing`` with where they are missing, for the rows of ``X``; ``V`` (same
+        shape) is scratch. Returns ``missing``."""
         np.take(X, self._vectors["columns"], axis=1, out=V)
         np.isnan(V, out=missing)
         if self.log_scaled:

@@ -396,11 +396,11 @@ def fit_table_command(
         raise fail(str(exc), EXIT_INVALID_DATA) from None
     info = result.bundle.info
     tried = list(info.get("cv_cat_smooth", {}))  # LightGBM's default smoothing first
-    smoothing = f", identifier-like text smoothed more (cat_smooth {tried[-1]})" if tried and f"{info['cat_smooth']:g}" != tried[0] else ""
+    smoothing = (f", identifier-like text smoothed more (cat_smooth {info['cat_smooth']:g})"
+                 if tried and f"{info['cat_smooth']:g}" != tried[0] else "")
     base = ""
     if info.get("log_linear_base"):
-        base = (", least squares boosted from an additive GLM base" if info.get("objective") == "regression"
-                else ", boosted from a GLM base")
+        base = ", least squares boosted from an additive GLM base" if info.get("additive_base") else ", boosted from a GLM base"
     logger.info("model: %d trees of up to %s leaves%s%s", info["trees"], info.get("num_leaves", "?"), base, smoothing)
     for split in ("validation", "test"):
         values = result.metrics.get(split, {})

@@ -659,7 +659,7 @@ def fit_bundle_cv(
                 _, best, loss, oof_raw = with_base
                 # the trees' dataset of all rows (binned as before), now with the base's offsets
                 dataset.set_init_score(candidate(X))
-    if objective == "tweedie" and config.margin_additive_base and (fitted := cross_fitted_base(None, additive=True)):
+    if objective == "tweedie" and config.margin_additive_base and (additive_fit := cross_fitted_base(None, additive=True)):
         # One more candidate: least squares boosted from an additive base, for values a straight
         # line fits (a card balance in the credit limit, sales in the price), where a log link
         # states a power law and overshoots (docs/tables.md: Carseats RMSE 1.28 against ridge's
@@ -670,7 +670,7 @@ def fit_bundle_cv(
         # synthetic bases, with Spearman 0.48-0.66 against the log link's 0.71-0.78.
         from sklearn.metrics import mean_tweedie_deviance
 
-        additive, offsets = fitted
+        additive, offsets = additive_fit
         tweedie = dict(params)
         params.update(objective="regression", metric="l2")
         del params["tweedie_variance_power"]
