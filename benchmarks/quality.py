@@ -19,9 +19,15 @@ when absent. Besides each figure it prints:
   identifies them only partly (a customer with two orders says little about their spend
   scale), so the gap between the ceiling and the model is what the record does not hold, and
   the gap between the ceiling and 1 what the booster misses with full information. This is a
-  diagnostic, not a model: the traits are never available to crmscore.
+  diagnostic, not a model: the traits are never available to crmscore;
+* **the best prediction from the record** (``synthetic.record_posterior``): the generator
+  inverted, E[margin | record] and P(churn | record) under the traits' priors, for every test
+  customer (~90 s on 50k). ../shared/BENCHMARKS.md asks for the ratio against it where the
+  truth holds what the record cannot: no model of the record reaches the truth's RMSE, the
+  posterior's is the floor one can reach. Printed beside the ratio to the truth, never instead
+  of it: margin model / record (goal <= 1.05) and record / truth, churn AUC model / record.
 
-Run: .venv/bin/python benchmarks/quality.py [--customers 50000] [--seed 1] [--work DIR] [--no-ceiling]
+Run: .venv/bin/python benchmarks/quality.py [--customers 50000] [--seed 1] [--work DIR] [--no-ceiling] [--no-record]
 Writes benchmarks/results/quality.json (quality-seed<N>.json for another seed).
 """
 
@@ -79,6 +85,53 @@ def margin_ceiling(data, base: Path, config) -> dict:
     return {"rmse": m["rmse"], "rmse_ratio": m["oracle_rmse_ratio"]}
 
 
+def record_floor(data, base: Path, config, fitted: dict) -> dict:
+    """The models against the best prediction from the record, on the same test customers.
+
+    ``synthetic.record_posterior`` inverts the generator: P(churn | record), P(purchase |
+    record) and E[margin | record] under the traits' priors. The truth conditions on the traits,
+    which the record identifies only partly, so no model of the record reaches it; the
+    posterior is what one can reach. The models are evaluated as against the truth
+    (``jobs.evaluate_bundle``), with the posterior in the truth's place.
+    """
+    import numpy as np
+
+    from crmscore.bundle import ModelKind
+    from crmscore.features import synthetic
+    from crmscore.training import evaluate as ev
+    from crmscore.training import jobs
+
+    _, _, test = data.split()
+    record = synthetic.record_posterior(synthetic.load_synthetic_base(base), data.test_date, config.horizon_days,
+                                        customers=test["customer_id"].astype(str)).set_index("customer_id")
+    as_truth = record.rename(columns=lambda c: c.replace("record_", "true_"))
+    targets = jobs.propensity_targets(data.frame, data.categories)
+    out = {"customers": len(record), "ess_p01": float(np.quantile(record["record_ess"], 0.01))}
+    for kind in (ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.EXPECTED_MARGIN):
+        m = jobs.evaluate_bundle(fitted[kind].bundle, test, targets=targets if kind is ModelKind.PROPENSITY else (),
+                                 truth=as_truth, with_plots=False).metrics
+        # the AUC and RMSE ratios only: the model's ECE is against the outcomes, as in the table above
+        out[kind.value] = {key.replace("oracle_", "model_to_record_").replace("_truth", "_record"): value
+                           for key, value in m.items() if "oracle_" in key and "ece" not in key}
+    # the record against the truth: how far the best one can do from the record is from the truth
+    ids = test["customer_id"].astype(str)
+    for kind, label, column in ((ModelKind.CHURN, "label_churn", "churn"),
+                                (ModelKind.EXPECTED_MARGIN, "label_margin", "margin"),
+                                *((ModelKind.PROPENSITY, t.label, f"purchase_{t.category}") for t in targets)):
+        y = test[label].to_numpy(dtype=np.float64, na_value=np.nan)
+        best = record[f"record_{column}"].reindex(ids).to_numpy()
+        truth = data.truth[f"true_{column}"].reindex(ids).to_numpy()
+        ok = ~np.isnan(y) & ~np.isnan(truth)
+        if kind is ModelKind.EXPECTED_MARGIN:
+            ratio = ev.regression_oracle_ratio(y[ok], best[ok], truth[ok])["rmse_ratio"]
+        else:
+            r = ev.oracle_ratios(y[ok], best[ok], truth[ok])
+            ratio = r["auc_ratio"]
+            out[kind.value].setdefault("record_ece", {})[column] = r["ece_model"]
+        out[kind.value].setdefault("record_to_truth", {})[column] = ratio
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=50_000)
@@ -87,6 +140,8 @@ def main() -> None:
                              "category or month is hardest is the base's draw, so check a finding on another")
     parser.add_argument("--work", type=Path, default=Path("/tmp/crmscore-bench"))
     parser.add_argument("--no-ceiling", action="store_true", help="skip the trait-aware margin ceiling")
+    parser.add_argument("--no-record", action="store_true",
+                        help="skip the best prediction from the record (the generator's posterior, ~2 min on 50k)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -105,10 +160,11 @@ def main() -> None:
         raise SystemExit(f"{base} has no synthetic truth (_truth/traits.parquet)")
     timings = {"prepare_s": round(time.perf_counter() - start, 1)}
     train, _, test = data.split()
-    rows, margin = [], {}
+    rows, margin, fitted = [], {}, {}
     for kind in ModelKind:
         t0 = time.perf_counter()
-        m = jobs.fit_kind(kind, data, config, with_plots=False).evaluation.metrics
+        fitted[kind] = jobs.fit_kind(kind, data, config, with_plots=False)
+        m = fitted[kind].evaluation.metrics
         timings[f"{kind.value}_s"] = round(time.perf_counter() - t0, 1)
         if kind is ModelKind.EXPECTED_MARGIN:
             margin = {"model": kind.value, "rmse": m["rmse"], "baseline_rmse": m.get("baseline_rmse"),
@@ -122,6 +178,11 @@ def main() -> None:
         t0 = time.perf_counter()
         margin["ceiling_with_traits"] = margin_ceiling(data, base, config)
         timings["ceiling_s"] = round(time.perf_counter() - t0, 1)
+    record = None
+    if not args.no_record:
+        t0 = time.perf_counter()
+        record = record_floor(data, base, config, fitted)
+        timings["record_s"] = round(time.perf_counter() - t0, 1)
 
     title = (f"Model quality vs the synthetic truth: {args.customers:,} customers (seed {args.seed}), "
              f"{len(data.train_dates)} training snapshots, out-of-time test at {data.test_date} "
@@ -135,11 +196,25 @@ def main() -> None:
     print(f"{'expected_margin':<16} RMSE {margin['rmse']:.1f} (truth {margin['rmse_truth']:.1f}), "
           f"ratio {margin['rmse_ratio']:.3f}  goal <= 1.05  {margin['status']}"
           + (f"; with the traits as features (ceiling): ratio {ceiling['rmse_ratio']:.3f}" if ceiling else ""))
+    if record is not None:
+        c, p, r = record["churn"], record["propensity"], record["expected_margin"]
+        margin_ok = r["model_to_record_rmse_ratio"] <= GOALS["rmse_ratio"]
+        print(f"\nAgainst the best prediction from the record (synthetic.record_posterior, {record['customers']:,} "
+              f"test customers; 1st-percentile effective sample {record['ess_p01']:.0f}):")
+        print(f"  churn            AUC ratio model / record {c['model_to_record_auc_ratio']:.4f}; "
+              f"record / truth {c['record_to_truth']['churn']:.4f}, record's ECE {c['record_ece']['churn']:.4f}")
+        lowest = min(record["propensity"]["record_to_truth"].items(), key=lambda kv: kv[1])
+        print(f"  propensity       AUC ratio model / record mean {p['model_to_record_mean_auc_ratio']:.4f}, "
+              f"min {p['model_to_record_min_auc_ratio']:.4f}; record / truth lowest {lowest[1]:.4f} ({lowest[0]})")
+        print(f"  expected_margin  RMSE ratio model / record {r['model_to_record_rmse_ratio']:.3f} (goal <= 1.05: "
+              f"{_status(margin_ok)}); record / truth {r['record_to_truth']['margin']:.3f}")
+        margin["status_against_record"] = _status(margin_ok)
     path = write_json("quality" if args.seed == 1 else f"quality-seed{args.seed}", {
         "customers": args.customers, "seed": args.seed, "train_snapshots": len(data.train_dates),
         "train_as_of": [str(d) for d in data.train_dates], "test_as_of": str(data.test_date),
         "test_customers": int(len(test)), "train_rows": int(len(train)), "goals": GOALS,
-        "classifiers": rows, "expected_margin": margin, "timings": timings,
+        "classifiers": rows, "expected_margin": margin, "against_record": record,
+        "timings": timings,
     })
     print(f"\nwrote {path}")
 

@@ -71,6 +71,18 @@ SEASON_AMPLITUDE = 0.3
 SEASON_PEAK_DAY = 340.0  # day of year of the seasonal peak (early December)
 YEAR = 365.25
 LATE_DAYS_DEFAULT = 90  # an invoice this many days past due is a default (labels.py)
+# Priors of the traits (:func:`draw_traits`); :func:`record_posterior` inverts them.
+RATE_SHAPE, RATE_SCALE = 1.6, 11.0  # Gamma: orders a year when engaged
+B2B_RATE = 2.5
+COMPLAINT_BETA = (1.0, 24.0)  # Beta: probability of a complaint after an order
+COMPLAINT_PRONE_SHARE, COMPLAINT_PRONE_FACTOR, COMPLAINT_P_MAX = 0.08, 5.0, 0.6
+COMPLAINT_RATE_EFFECT = 4.0  # rate x exp(-4 complaint_p): complaint-prone customers buy less
+KAPPA_MEDIAN, KAPPA_LOG_SD = 200.0, 0.6  # log-normal: warped days a category stays warm
+AFFINITY_CONCENTRATION = 0.7  # Dirichlet(POPULARITY x 0.7)
+SPEND_MEDIAN, SPEND_LOG_SD, B2B_SPEND = 30.0, 0.55, 4.0  # log-normal order value scale
+MARGIN_LOG_SD, B2B_MARGIN = 0.15, 0.8  # margin rate: MARGIN_RATE x log-normal, B2B x 0.8
+GAMMA_ORDER_SHAPE = 4.0  # an order's revenue is Gamma(4, scale x price / 4)
+ACQUISITION_LAG, ACQUISITION_WINDOW = 0.3, 0.4  # the acquisition order: sign-up day + 0.3 .. 0.7
 COST = {  # activity-based cost per contact, currency: (B2C, B2B)
     "complaint": (35.0, 80.0),
     "support": (6.0, 15.0),
@@ -190,15 +202,15 @@ def draw_traits(n_customers: int, rng: np.random.Generator) -> Traits:
     b2b = rng.random(n) < 0.15
     # Acquisition over the whole period, more customers early (an established base).
     signup_t = np.floor(horizon * rng.beta(0.9, 1.3, n) * 0.97)
-    base_rate = rng.gamma(1.6, 11.0, n) * np.where(b2b, 2.5, 1.0)  # orders a year when engaged
-    complaint_p = rng.beta(1.0, 24.0, n) * np.where(rng.random(n) < 0.08, 5.0, 1.0)
-    complaint_p = np.minimum(complaint_p, 0.6)
-    rate = base_rate * np.exp(-4.0 * complaint_p)  # complaint-prone customers buy less
-    kappa = np.exp(rng.normal(np.log(200.0), 0.6, n))  # warped days a category stays warm
-    affinity = rng.dirichlet(POPULARITY * 0.7, n)
-    spend = np.exp(rng.normal(np.log(30.0), 0.55, n)) * np.where(b2b, 4.0, 1.0)
-    margin = MARGIN_RATE[None, :] * np.exp(rng.normal(0.0, 0.15, (n, len(CATEGORIES))))
-    margin *= np.where(b2b, 0.8, 1.0)[:, None]
+    base_rate = rng.gamma(RATE_SHAPE, RATE_SCALE, n) * np.where(b2b, B2B_RATE, 1.0)  # orders a year when engaged
+    complaint_p = rng.beta(*COMPLAINT_BETA, n) * np.where(rng.random(n) < COMPLAINT_PRONE_SHARE, COMPLAINT_PRONE_FACTOR, 1.0)
+    complaint_p = np.minimum(complaint_p, COMPLAINT_P_MAX)
+    rate = base_rate * np.exp(-COMPLAINT_RATE_EFFECT * complaint_p)  # complaint-prone customers buy less
+    kappa = np.exp(rng.normal(np.log(KAPPA_MEDIAN), KAPPA_LOG_SD, n))  # warped days a category stays warm
+    affinity = rng.dirichlet(POPULARITY * AFFINITY_CONCENTRATION, n)
+    spend = np.exp(rng.normal(np.log(SPEND_MEDIAN), SPEND_LOG_SD, n)) * np.where(b2b, B2B_SPEND, 1.0)
+    margin = MARGIN_RATE[None, :] * np.exp(rng.normal(0.0, MARGIN_LOG_SD, (n, len(CATEGORIES))))
+    margin *= np.where(b2b, B2B_MARGIN, 1.0)[:, None]
     support_p = rng.beta(2.0, 10.0, n) * np.where(b2b, 1.6, 1.0)
     visit_rate = np.where(b2b, rng.gamma(2.0, 2.5, n), 0.0)  # sales visits a year
     on_account = b2b | (rng.random(n) < 0.2)
@@ -519,7 +531,7 @@ def _simulate_block(tr: dict[str, np.ndarray], lo: int, rng: np.random.Generator
     acq_cust = np.flatnonzero(tr["acquisition"])
     u = rng.random(acq_cust.size)
     acq_cat = (affinity[acq_cust].cumsum(axis=1) < u[:, None]).sum(axis=1).clip(0, k - 1)
-    acq_t = signup_t[acq_cust] + 0.3 + 0.4 * rng.random(acq_cust.size)
+    acq_t = signup_t[acq_cust] + ACQUISITION_LAG + ACQUISITION_WINDOW * rng.random(acq_cust.size)
 
     # Purchases: one independent process per (customer, category), all warm at sign-up; the
     # acquisition order resets its category's clock as any purchase does (r in (1) runs from
@@ -538,7 +550,7 @@ def _simulate_block(tr: dict[str, np.ndarray], lo: int, rng: np.random.Generator
     cust, cat, t = cust[order], cat[order], t[order]
 
     spend = tr["spend"][cust] * PRICE[cat]
-    revenue = np.round(rng.gamma(4.0, spend / 4.0), 2)
+    revenue = np.round(rng.gamma(GAMMA_ORDER_SHAPE, spend / GAMMA_ORDER_SHAPE), 2)
     cost = np.round(revenue * (1 - tr["margin"][cust, cat]), 2)
     out = {"tx_cust": (cust + lo).astype(np.int32), "tx_t": t, "tx_cat": cat.astype(np.int8),
            "revenue": revenue, "cost": cost}
@@ -633,6 +645,12 @@ def _day(as_of: date) -> float:
     return float((as_of - START).days)
 
 
+def _days_since_start(ts: pa.ChunkedArray) -> np.ndarray:
+    """Timestamps (to the second) as fractional days since :data:`START`, the simulation's clock."""
+    seconds = ts.to_numpy().astype("datetime64[s]").astype(np.int64)
+    return (seconds - np.datetime64(START.isoformat(), "s").astype(np.int64)) / 86_400.0
+
+
 #: (customer, category, path) triples simulated at once by :func:`compute_truth`: its memory
 #: is bounded by this, not by customers x categories x paths (1.2e9 for 1M customers)
 TRUTH_BLOCK_PAIRS = 2**21
@@ -663,7 +681,7 @@ def compute_truth(
     k = len(CATEGORIES)
     tx = synthetic.tables["transactions"]
     tx_cust = _positions(tx.column("customer_id"), tr["customer_id"])
-    tx_t = (tx.column("ts").to_numpy().astype("datetime64[s]").astype(np.int64) - np.datetime64(START.isoformat(), "s").astype(np.int64)) / 86_400.0
+    tx_t = _days_since_start(tx.column("ts"))
     tx_cat = _positions(tx.column("product_category"), pd.Series(CATEGORIES))
     # Last reset per (customer, category) before T: the last purchase, else sign-up.
     last = np.repeat(warp(tr["signup_t"].to_numpy() + 0.5), k).reshape(-1, k)
@@ -720,6 +738,204 @@ def compute_truth(
     out["true_margin"] = margin
     out["true_margin_se"] = margin_se
     out["true_default"] = _default_truth(synthetic, known, g, t0, t1, new_ok)
+    return out
+
+
+
+# --- the best prediction from the record ------------------------------------------------------
+
+#: grids of the posterior: log kappa at this many points over +-4 prior standard deviations,
+#: complaint probability at this many quantiles of each component of its prior, and Dirichlet
+#: draws of the category affinities per (kappa, complaint probability) point
+POSTERIOR_KAPPA_POINTS, POSTERIOR_COMPLAINT_POINTS, POSTERIOR_AFFINITY_DRAWS = 49, 12, 32
+#: customers whose posterior is computed at once (memory: block x 49 x 24 x 32 floats)
+POSTERIOR_BLOCK = 200
+
+
+def record_posterior(
+    synthetic: SyntheticBase, as_of: date, horizon_days: int, *, customers: pd.Series | None = None,
+    draws: int = 256, seed: int = 0,
+) -> pd.DataFrame:
+    """The best predictions the record allows: E[margin | record], P(churn | record), P(purchase | record).
+
+    :func:`compute_truth` gives expectations *given the latent traits*; a model sees only the
+    record (sign-up date, segment, each order's time, category, revenue and cost, complaints),
+    which identifies the traits only partly: a customer of two orders says little about their
+    spend scale. Here the generator is inverted: the posterior of the traits given the record
+    under the priors of :func:`draw_traits`, and the margin and churn averaged over it. Its
+    RMSE is the floor any model of the record can reach on average, the "best prediction from
+    the record" of ../shared/BENCHMARKS.md.
+
+    The posterior factorises: spend scale from the revenues (Gamma orders, log-normal prior;
+    a grid), each category's margin rate from its costs (exact when bought, the prior mean
+    otherwise), and the purchase process (1) from the order times and complaints. For the
+    process, the engaged rate integrates out in closed form (Gamma prior, Poisson-process
+    likelihood in lambda); kappa (a grid), the complaint probability (prior quantiles) and the
+    affinities (Dirichlet draws from the posterior the counts alone give) are weighted by the
+    rest of the likelihood; ``draws`` of them per customer are resampled by weight, each with
+    a rate drawn from its conditional Gamma and one simulated continuation of (1). Approximations:
+    a complaint follows an order within 10.5 days (orders of the last days count in part), and
+    the first order of the sign-up day's acquisition window is taken for the acquisition order.
+
+    Returns one row per customer known at ``as_of`` (of ``customers`` when given), in the
+    order and with the names of :func:`compute_truth`'s columns, ``true_`` read ``record_``:
+    ``customer_id``, ``record_churn``, ``record_purchase_<category>``, ``record_margin``, and
+    ``record_ess`` (the effective number of weighted points behind the draws, a check on the
+    grids).
+    """
+    from scipy import stats
+
+    check_positive_int("horizon_days", horizon_days)
+    check_positive_int("draws", draws)
+    t0, t1 = _day(as_of), _day(as_of) + horizon_days
+    if not (0 < t0 and t1 <= _day(END)):
+        raise ValueError(f"as_of + horizon_days must lie within the generated period {START} .. {END}")
+    tr = synthetic.traits.frame
+    known = np.flatnonzero(tr["signup_t"].to_numpy() < t0)
+    if customers is not None:
+        known = known[tr["customer_id"].iloc[known].astype(str).isin(set(customers.astype(str))).to_numpy()]
+    ids = tr["customer_id"].iloc[known]
+    n, k = known.size, len(CATEGORIES)
+
+    # The record, from the tables: sign-up and segment, orders before T, complaints before T.
+    cu = synthetic.tables["customers"]
+    cpos = _positions(cu.column("customer_id"), ids)
+    signup = np.empty(n)
+    b2b = np.empty(n, bool)
+    epoch = np.datetime64(START.isoformat(), "D")
+    cdays = (cu.column("signup_date").to_numpy(zero_copy_only=False).astype("datetime64[D]") - epoch).astype(np.float64)
+    signup[cpos[cpos >= 0]] = cdays[cpos >= 0]
+    b2b[cpos[cpos >= 0]] = (cu.column("segment").to_numpy(zero_copy_only=False) == "B2B")[cpos >= 0]
+    tx = synthetic.tables["transactions"]
+    who = _positions(tx.column("customer_id"), ids)
+    t = _days_since_start(tx.column("ts"))
+    keep = (who >= 0) & (t < t0)
+    who, t = who[keep], t[keep]
+    cat = _positions(tx.column("product_category"), pd.Series(CATEGORIES))[keep]
+    revenue = tx.column("revenue").to_numpy()[keep]
+    cost = tx.column("cost").to_numpy()[keep]
+    order = np.lexsort((t, who))
+    who, t, cat, revenue, cost = who[order], t[order], cat[order], revenue[order], cost[order]
+    it = synthetic.tables["interactions"]
+    it_who = _positions(it.column("customer_id"), ids)
+    it_t = _days_since_start(it.column("ts"))
+    complaint = (it_who >= 0) & (it_t < t0) & (it.column("kind").to_numpy(zero_copy_only=False) == "complaint")
+    complaints = np.bincount(it_who[complaint], minlength=n).astype(np.float64)
+    # An order's complaint, if any, comes 0.5 + 10 U days later: orders of the last days count in part.
+    exposed = np.bincount(who, weights=np.clip((t0 - t - 0.5) / 10.0, 0.0, 1.0), minlength=n)
+
+    # The acquisition order: a customer's first order, inside the sign-up day's window.
+    first = np.r_[True, who[1:] != who[:-1]]
+    lag = t - signup[who]
+    acquisition = first & (lag >= ACQUISITION_LAG) & (lag < ACQUISITION_LAG + ACQUISITION_WINDOW)
+
+    # Spend scale: revenue ~ Gamma(shape, scale x price / shape) per order, log-normal prior.
+    orders = np.bincount(who, minlength=n).astype(np.float64)
+    scaled = np.bincount(who, weights=revenue / PRICE[cat], minlength=n)
+    z = np.linspace(-6, 6, 241)
+    log_s = (np.log(SPEND_MEDIAN) + np.where(b2b, np.log(B2B_SPEND), 0.0))[:, None] + SPEND_LOG_SD * z[None, :]
+    loglik = -z**2 / 2 - GAMMA_ORDER_SHAPE * (orders[:, None] * log_s + scaled[:, None] * np.exp(-log_s))
+    w = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+    spend = (w * np.exp(log_s)).sum(axis=1) / w.sum(axis=1)
+
+    # Margin rate per category: revenue-weighted from the costs where bought, else the prior mean.
+    pair = who * k + cat
+    rev_c = np.bincount(pair, weights=revenue, minlength=n * k).reshape(n, k)
+    cost_c = np.bincount(pair, weights=cost, minlength=n * k).reshape(n, k)
+    prior_margin = MARGIN_RATE[None, :] * np.exp(MARGIN_LOG_SD**2 / 2) * np.where(b2b, B2B_MARGIN, 1.0)[:, None]
+    margin = np.where(rev_c > 0, 1 - cost_c / np.where(rev_c > 0, rev_c, 1.0), prior_margin)
+
+    # The purchase process (1), in warped time: the acquisition order resets its category's
+    # clock; every other order is an event of its (customer, category) process.
+    start = np.repeat(warp(signup + 0.5), k).reshape(n, k)
+    acq_pair = pair[acquisition]
+    flat = start.ravel()
+    flat[acq_pair] = np.maximum(flat[acq_pair], warp(t[acquisition]))
+    ev = ~acquisition
+    ev_pair, ev_tau = pair[ev], warp(t[ev])
+    by_pair = np.lexsort((ev_tau, ev_pair))  # customer, category, time
+    ev_pair, ev_tau = ev_pair[by_pair], ev_tau[by_pair]
+    same = np.r_[False, ev_pair[1:] == ev_pair[:-1]]
+    prev = np.where(same, np.r_[0.0, ev_tau[:-1]], flat[ev_pair])
+    gap = ev_tau - prev  # (warped) time since the reset each event ends
+    counts = np.bincount(ev_pair, minlength=n * k).reshape(n, k)
+    last = flat.copy()
+    np.maximum.at(last, ev_pair, ev_tau)
+    last = last.reshape(n, k)
+    tau0, tau1 = warp(t0), warp(t1)
+    alpha = POPULARITY * AFFINITY_CONCENTRATION + counts + np.bincount(acq_pair, minlength=n * k).reshape(n, k)
+
+    kz = np.linspace(-4, 4, POSTERIOR_KAPPA_POINTS)
+    kappa = np.exp(np.log(KAPPA_MEDIAN) + KAPPA_LOG_SD * kz)
+    log_prior_kappa = -kz**2 / 2
+    u = (np.arange(POSTERIOR_COMPLAINT_POINTS) + 0.5) / POSTERIOR_COMPLAINT_POINTS
+    q = stats.beta.ppf(u, *COMPLAINT_BETA)
+    cp = np.r_[q, np.minimum(q * COMPLAINT_PRONE_FACTOR, COMPLAINT_P_MAX)]
+    log_prior_cp = np.log(np.r_[np.full(u.size, (1 - COMPLAINT_PRONE_SHARE) / u.size),
+                                np.full(u.size, COMPLAINT_PRONE_SHARE / u.size)])
+    rng = np.random.default_rng(seed)
+
+    def G(r: np.ndarray, kap: np.ndarray) -> np.ndarray:  # integrated hazard of (1) per unit lambda
+        return cumulative_hazard(r, 1.0, kap)
+
+    # Per block of customers, arrays run over (customer, kappa point J, complaint point L,
+    # affinity draw S); a point's weight is its prior times the likelihood with the rate integrated out.
+    out_margin, out_ess, out_none, churn = np.empty(n), np.empty(n), np.empty((n, k)), np.empty(n)
+    ev_who = ev_pair // k
+    bounds = np.searchsorted(ev_who, np.arange(0, n + POSTERIOR_BLOCK, POSTERIOR_BLOCK).clip(max=n))
+    for b, lo in enumerate(range(0, n, POSTERIOR_BLOCK)):
+        hi = min(n, lo + POSTERIOR_BLOCK)
+        m = hi - lo
+        e = slice(bounds[b], bounds[b + 1])
+        e_who, e_pair, e_gap = ev_who[e] - lo, ev_pair[e] - lo * k, gap[e]
+        # log g(gap) summed per customer, and the integrated hazard per (customer, category)
+        log_g = np.log(RHO + (1 - RHO) * np.exp(-e_gap[:, None] / kappa[None, :]))  # (events, J)
+        sum_log_g = np.zeros((m, kappa.size))
+        np.add.at(sum_log_g, e_who, log_g)
+        W = np.zeros((m * k, kappa.size))
+        np.add.at(W, e_pair, G(e_gap[:, None], kappa[None, :]))
+        W += G((tau0 - last[lo:hi]).reshape(-1, 1), kappa[None, :])
+        W = W.reshape(m, k, kappa.size)
+        n_ev = counts[lo:hi].sum(axis=1).astype(np.float64)
+        # affinities: Dirichlet(prior + counts) draws, via Gamma variates
+        g = rng.standard_gamma(np.broadcast_to(alpha[lo:hi, None, :], (m, POSTERIOR_AFFINITY_DRAWS, k)))
+        a = g / g.sum(axis=2, keepdims=True)  # (m, S, k)
+        A = np.einsum("msc,mcj->mjs", a, W)  # (m, J, S)
+        mult = np.where(b2b[lo:hi], B2B_RATE, 1.0)[:, None] * np.exp(-COMPLAINT_RATE_EFFECT * cp)[None, :]  # (m, L)
+        comp, expo = complaints[lo:hi, None], exposed[lo:hi, None]
+        log_cp = comp * np.log(cp)[None, :] + np.maximum(expo - comp, 0) * np.log1p(-cp)[None, :]
+        beta = 1 / RATE_SCALE + mult[:, None, :, None] * A[:, :, None, :] / YEAR  # (m, J, L, S)
+        logw = ((log_prior_kappa[None, :] + sum_log_g)[:, :, None, None]
+                + (log_prior_cp[None, :] + log_cp + n_ev[:, None] * np.log(mult))[:, None, :, None]
+                - (n_ev + RATE_SHAPE)[:, None, None, None] * np.log(beta))
+        logw = logw.reshape(m, -1)
+        w = np.exp(logw - logw.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        out_ess[lo:hi] = 1 / (w**2).sum(axis=1)
+        # resample ``draws`` points per customer (systematic), then the rate given each point
+        cum = np.cumsum(w, axis=1)
+        pos = (np.arange(draws)[None, :] + rng.random((m, 1))) / draws * cum[:, -1:]
+        pick = np.stack([np.searchsorted(cum[i], pos[i]) for i in range(m)]).clip(max=w.shape[1] - 1)
+        at_kappa, rest = np.divmod(pick, cp.size * POSTERIOR_AFFINITY_DRAWS)
+        at_cp, at_a = np.divmod(rest, POSTERIOR_AFFINITY_DRAWS)
+        rows = np.arange(m)[:, None]
+        rate = rng.gamma(n_ev[:, None] + RATE_SHAPE, 1 / beta[rows, at_kappa, at_cp, at_a]) * mult[rows, at_cp]
+        lam = rate[:, :, None] * a[rows, at_a] / YEAR  # (m, draws, k)
+        kap = np.broadcast_to(kappa[at_kappa][:, :, None], lam.shape)
+        from_last = np.broadcast_to(last[lo:hi, None, :], lam.shape)
+        spent = lam * G(tau0 - from_last, kap)
+        p_none = np.exp(-(lam * G(tau1 - from_last, kap) - spent))  # (m, draws, k)
+        out_none[lo:hi] = p_none.mean(axis=1)
+        churn[lo:hi] = p_none.prod(axis=2).mean(axis=1)
+        ev_p, _ = simulate_purchases(lam.ravel(), kap.ravel(), from_last.ravel(),
+                                     np.full(lam.size, tau1), rng, offset=spent.ravel())
+        bought = np.bincount(ev_p, minlength=lam.size).reshape(lam.shape).mean(axis=1)  # E[purchases], (m, k)
+        out_margin[lo:hi] = spend[lo:hi] * (bought * PRICE[None, :] * margin[lo:hi]).sum(axis=1)
+    out = pd.DataFrame({"customer_id": ids.to_numpy(), "record_churn": churn})
+    for j, c in enumerate(CATEGORIES):
+        out[f"record_purchase_{c}"] = 1 - out_none[:, j]
+    out["record_margin"] = out_margin
+    out["record_ess"] = out_ess
     return out
 
 

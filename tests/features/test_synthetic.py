@@ -215,3 +215,31 @@ def test_restricted_base_keeps_its_customers_rows_and_their_exact_truth(syntheti
     exact = ["true_churn", *(f"true_purchase_{c}" for c in CATEGORIES)]
     assert len(part) == len(ids)
     np.testing.assert_allclose(part[exact].to_numpy(), whole[exact].to_numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_record_posterior_is_the_truth_seen_through_the_record(synthetic_small, truth_and_labels) -> None:
+    """``record_posterior`` is E[truth | record]: among customers of a given posterior, the truth
+    averages to it (a posterior too confident or too vague, or a wrong prior, tilts the slope
+    of the truth on it and the deciles apart); and it predicts the outcomes worse than the
+    truth, which knows the traits, but far better than the segment's mean."""
+    truth, labels = truth_and_labels
+    record = synthetic.record_posterior(synthetic_small, AS_OF, HORIZON, seed=3)
+    assert list(record["customer_id"]) == list(truth["customer_id"])
+    assert record["record_ess"].min() > 50  # the grids hold the posterior
+    assert [c.replace("record_", "true_") for c in record.columns[:-1]] == [
+        c for c in truth.columns if c.startswith(("customer_id", "true_churn", "true_purchase_", "true_margin"))
+        and c != "true_margin_se"]
+    for col, true_col in (("record_margin", "true_margin"), ("record_churn", "true_churn"),
+                          ("record_purchase_books", "true_purchase_books")):
+        post, true = record[col].to_numpy(), truth[true_col].to_numpy()
+        slope = np.polyfit(post, true, 1)[0]
+        assert 0.9 < slope < 1.1, (col, slope)
+        decile = pd.qcut(post, 10, labels=False, duplicates="drop")
+        means = pd.DataFrame({"post": post, "true": true}).groupby(decile).mean()
+        gap = (means["true"] - means["post"]).abs() / means["post"].abs().max()
+        assert gap.max() < 0.05, (col, means)
+    rmse = {name: np.sqrt(np.mean((labels["margin"].to_numpy() - p) ** 2)) for name, p in (
+        ("truth", truth["true_margin"]), ("record", record["record_margin"]),
+        ("segment", labels["margin"].groupby(synthetic_small.traits.frame.set_index("customer_id")["b2b"]
+                                             .reindex(truth["customer_id"]).to_numpy()).transform("mean")))}
+    assert rmse["truth"] < rmse["record"] < 0.8 * rmse["segment"], rmse
