@@ -125,9 +125,18 @@ MISSING_MARKERS = frozenset({
     "", "?", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 })
-#: ISO 8601 dates and times, the only text read as dates: other formats are ambiguous (is
-#: 03/04 March or April?) and stay text
+#: ISO 8601 dates and times, read as dates whatever the other values
 ISO_DATE = r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?$"
+#: dates written for people (``21-08-2013``, ``12/1/2010 8:26``, ``Dec-2011``, ``01-JAN-20``):
+#: a text column is read as dates when every value parses with exactly one of these. When two
+#: fit (every day and month <= 12: is 03/04 March or April?) it stays text, with a warning
+WRITTEN_DATE_FORMATS = (
+    *(f"{date}{time}" for date in ("%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%d.%m.%Y", "%Y/%m/%d",
+                                   "%d/%m/%y", "%m/%d/%y", "%d-%m-%y", "%m-%d-%y")
+      for time in ("", " %H:%M", " %H:%M:%S")),
+    "%b-%Y", "%b %Y", "%B %Y", "%b-%y", "%d-%b-%Y", "%d-%b-%y", "%d %b %Y", "%d %B %Y",
+    "%b %d, %Y", "%B %d, %Y", "%Y-%m", "%m/%Y",
+)
 #: characters LightGBM refuses in a feature name (JSON's) and whitespace, which it rewrites
 UNSAFE_NAME = r'[\s"\',:\[\]{}\\]+'
 EPOCH = pd.Timestamp("1970-01-01")
@@ -168,17 +177,37 @@ def _to_number(s: pd.Series) -> pd.Series:
     return values
 
 
-def _as_days(s: pd.Series, where: str) -> pd.Series:
+def written_date_format(values: pd.Series, where: str) -> str | None:
+    """The one format of :data:`WRITTEN_DATE_FORMATS` every value (text, none missing) parses
+    with, or None: none fits, or several do (then a warning naming ``where`` and the readings).
+    Each format is tried on 200 distinct values first, so a column of words costs little."""
+    distinct = pd.Series(values.astype(str).str.strip().unique())
+    if not distinct.str.contains(r"\d", regex=True).all():  # every written date has a digit
+        return None
+
+    def fits(fmt: str, text: pd.Series) -> bool:
+        return bool(pd.to_datetime(text, format=fmt, errors="coerce").notna().all())
+
+    found = [fmt for fmt in WRITTEN_DATE_FORMATS if fits(fmt, distinct.iloc[:200]) and fits(fmt, distinct)]
+    if len(found) > 1:
+        logger.warning("%s reads as dates in %d ways (%s, e.g. %r): kept as text", where, len(found),
+                       " or ".join(found), distinct.iloc[0])
+    return found[0] if len(found) == 1 else None
+
+
+def _as_days(s: pd.Series, where: str, written: str | None = None) -> pd.Series:
     """Dates and durations as days (since 1970-01-01 for dates), so trees can split on them.
 
-    ISO text that is no date pandas can hold is missing, with a warning naming ``where``: the
+    Text is ISO 8601, or dates in the ``written`` format (:func:`written_date_format`). ISO
+    text that is no date pandas can hold is missing, with a warning naming ``where``: the
     "no date" and "open-ended" conventions of database exports (MySQL's ``0000-00-00``,
     ``9999-12-31``, beyond pandas' years 1677-2262) are not junk to be fixed by hand.
     """
     if pd.api.types.is_timedelta64_dtype(s):
         return s.dt.total_seconds() / 86_400
     if not pd.api.types.is_datetime64_any_dtype(s):
-        parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
+        text = s.where(s.isna(), s.astype(str).str.strip()) if written else s
+        parsed = pd.to_datetime(text, format=written or "ISO8601", utc=True, errors="coerce")
         bad = s[s.notna() & parsed.isna()]
         if len(bad):
             examples = ", ".join(repr(str(v)) for v in bad.unique()[:3])
@@ -203,12 +232,15 @@ class ColumnPlan:
     numbers : tuple of str
         Text columns read as numbers: every value is a number, blank or a missing marker.
     days : tuple of str
-        Date and duration columns, and ISO 8601 text, read as days.
+        Date and duration columns, and dates as text, read as days.
+    written_dates : dict
+        Text date column -> its format, for dates not in ISO 8601 (:func:`written_date_format`).
     """
 
     names: dict[str, str]
     numbers: tuple[str, ...] = ()
     days: tuple[str, ...] = ()
+    written_dates: dict[str, str] = field(default_factory=dict)
 
     def apply(self, frame: pd.DataFrame, table: str) -> pd.DataFrame:
         """The table's feature columns, converted and renamed (text stays text)."""
@@ -216,7 +248,8 @@ class ColumnPlan:
         for col, name in self.names.items():
             s = frame[col]
             if col in self.days:
-                s = _as_days(_blank_to_missing(s) if _is_text(s) else s, f"column {col!r} of {table}")
+                s = _as_days(_blank_to_missing(s) if _is_text(s) else s, f"column {col!r} of {table}",
+                             self.written_dates.get(col))
             elif col in self.numbers:
                 s = _to_number(_blank_to_missing(s))
             elif _is_text(s):
@@ -239,6 +272,7 @@ def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> 
         export), with the table, the count and examples; blanks and missing markers are not junk.
     """
     numbers, days, problems = [], [], []
+    written: dict[str, str] = {}
     for col in columns:
         series = [(frame[col], name) for frame, name in tables]
         if any(pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s) for s, _ in series):
@@ -262,6 +296,9 @@ def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> 
                     problems.append((name, f"{col!r} ({len(junk)} of {len(v)} values, e.g. {examples})"))
         elif present.astype(str).str.fullmatch(ISO_DATE).all():
             days.append(col)
+        elif (fmt := written_date_format(present, f"column {col!r}")) is not None:
+            days.append(col)
+            written[col] = fmt
         else:  # text: a table holding numbers in it would have them read as missing
             numeric = [name for s, name in series if not _is_text(s) and not pd.api.types.is_bool_dtype(s)
                        and s.notna().any()]
@@ -289,7 +326,7 @@ def plan_columns(columns: list[str], tables: list[tuple[pd.DataFrame, str]]) -> 
             name, k = f"{base}_{k}", k + 1
         taken.add(name)
         names[col] = name
-    return ColumnPlan(names, tuple(numbers), tuple(days))
+    return ColumnPlan(names, tuple(numbers), tuple(days), written)
 
 
 def _number(text: str) -> float | None:
@@ -394,7 +431,8 @@ def fit_table(
     tables = [(train, train_name)] + ([(test, test_name)] if test is not None else [])
     plan = plan_columns(features, tables)
     if plan.numbers or plan.days:
-        logger.info("read as numbers: %s; as days: %s", ", ".join(plan.numbers) or "-", ", ".join(plan.days) or "-")
+        days = [f"{c} ({plan.written_dates[c]})" if c in plan.written_dates else c for c in plan.days]
+        logger.info("read as numbers: %s; as days: %s", ", ".join(plan.numbers) or "-", ", ".join(days) or "-")
 
     y = encode_target(train[target], kind, positive, train_name)
     labelled = ~np.isnan(y)

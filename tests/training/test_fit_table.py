@@ -204,6 +204,38 @@ def test_numbers_written_for_people_are_numbers(tmp_path: Path) -> None:
         fit_table(ModelKind.CHURN, written, "Churn", id_column="customer_id")
 
 
+def test_dates_written_for_people_are_days(tmp_path: Path, caplog) -> None:
+    """Dates as spreadsheets and exports write them (``21-08-2013``, Lending Club's ``Dec-2011``,
+    a US date with its time): the same model as the dates themselves. Readings that cannot be
+    told apart (every day and month <= 12) and dotted version numbers stay text."""
+    table = flat_table()
+    written = table.copy()
+    signup = table["signup, first"]
+    written["signup, first"] = signup.dt.strftime("%d-%m-%Y").where(table.index % 3 > 0, signup.dt.strftime("%-d-%m-%Y"))
+    table["issued"] = signup.dt.to_period("M").dt.to_timestamp()
+    written["issued"] = signup.dt.strftime("%b-%Y").str.upper()
+    table["seen"] = signup + pd.to_timedelta(table.index % 24, unit="h")
+    written["seen"] = table["seen"].dt.strftime("%m/%d/%Y %H:%M")
+    written.loc[7, "seen"] = " "  # blank: missing, as for a date
+    table.loc[7, "seen"] = pd.NaT
+    written.to_csv(tmp_path / "written.csv", index=False)
+    from_text = fit_table(ModelKind.CHURN, pd.read_csv(tmp_path / "written.csv"), "Churn", id_column="customer_id")
+    plain = fit_table(ModelKind.CHURN, table, "Churn", id_column="customer_id")
+    for name in ("signup_first", "issued", "seen"):
+        assert name in from_text.bundle.feature_names and name not in from_text.bundle.categorical_levels
+    pd.testing.assert_frame_equal(from_text.example, plain.example)
+    assert from_text.bundle.booster.model_to_string() == plain.bundle.booster.model_to_string()
+
+    from crmscore.training.table import plan_columns
+
+    odd = pd.DataFrame({"ambiguous": ["01/02/2020", "03/04/2020", "12/11/2021"], "version": ["1.2.3", "1.2.4", "2.0.1"],
+                        "code": ["A1-2", "B3-4", "C5-6"]})
+    with caplog.at_level(logging.WARNING):
+        plan = plan_columns(list(odd.columns), [(odd, "train")])
+    assert plan.days == () and plan.written_dates == {}
+    assert "column 'ambiguous' reads as dates in 2 ways (%d/%m/%Y or %m/%d/%Y" in caplog.text
+
+
 def test_awkward_names_dates_and_a_semicolon_csv(tmp_path: Path) -> None:
     """Column names LightGBM refuses (JSON's characters), a date column, a ';' CSV with decimal commas."""
     table = flat_table()
