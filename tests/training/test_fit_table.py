@@ -180,6 +180,18 @@ def test_blanks_and_missing_markers_read_as_missing_and_number_text_as_numbers(t
     assert result.metrics["test"]["auc"] > 0.7
 
 
+def assert_read_as_plain(written: pd.DataFrame, plain: pd.DataFrame, columns: list[str], tmp_path: Path) -> None:
+    """``written`` through a CSV gives the model ``plain`` gives: ``columns`` (model names) are
+    numeric features, not categories, and the boosters are the same to the byte."""
+    written.to_csv(tmp_path / "written.csv", index=False)
+    from_text = fit_table(ModelKind.CHURN, pd.read_csv(tmp_path / "written.csv"), "Churn", id_column="customer_id")
+    from_plain = fit_table(ModelKind.CHURN, plain, "Churn", id_column="customer_id")
+    for name in columns:
+        assert name in from_text.bundle.feature_names and name not in from_text.bundle.categorical_levels
+    pd.testing.assert_frame_equal(from_text.example, from_plain.example)
+    assert from_text.bundle.booster.model_to_string() == from_plain.bundle.booster.model_to_string()
+
+
 def test_numbers_written_for_people_are_numbers(tmp_path: Path) -> None:
     """Currency symbols, thousands separators and percent signs, as spreadsheets and loan books
     write them (Lending Club's ``int_rate`` is "10.65%"): the same model as the plain numbers."""
@@ -191,13 +203,7 @@ def test_numbers_written_for_people_are_numbers(tmp_path: Path) -> None:
     written["discount"] = [f"{v:g}%" for v in table["discount"]]
     written.loc[5, "discount"] = " "  # blank: missing, as for plain numbers
     table.loc[5, "discount"] = np.nan
-    written.to_csv(tmp_path / "written.csv", index=False)
-    from_text = fit_table(ModelKind.CHURN, pd.read_csv(tmp_path / "written.csv"), "Churn", id_column="customer_id")
-    plain = fit_table(ModelKind.CHURN, table, "Churn", id_column="customer_id")
-    for name in ("Monthly_charges_($)", "total_charges", "discount"):
-        assert name in from_text.bundle.feature_names and name not in from_text.bundle.categorical_levels
-    pd.testing.assert_frame_equal(from_text.example, plain.example)
-    assert from_text.bundle.booster.model_to_string() == plain.bundle.booster.model_to_string()
+    assert_read_as_plain(written, table, ["Monthly_charges_($)", "total_charges", "discount"], tmp_path)
     # a unit after a number is still junk, not a format: the error names it
     written.loc[3, "discount"] = "12 EUR"
     with pytest.raises(TableError, match="'discount' \\(1 of 1499 values, e.g. '12 EUR'\\)"):
@@ -218,13 +224,7 @@ def test_dates_written_for_people_are_days(tmp_path: Path, caplog) -> None:
     written["seen"] = table["seen"].dt.strftime("%m/%d/%Y %H:%M")
     written.loc[7, "seen"] = " "  # blank: missing, as for a date
     table.loc[7, "seen"] = pd.NaT
-    written.to_csv(tmp_path / "written.csv", index=False)
-    from_text = fit_table(ModelKind.CHURN, pd.read_csv(tmp_path / "written.csv"), "Churn", id_column="customer_id")
-    plain = fit_table(ModelKind.CHURN, table, "Churn", id_column="customer_id")
-    for name in ("signup_first", "issued", "seen"):
-        assert name in from_text.bundle.feature_names and name not in from_text.bundle.categorical_levels
-    pd.testing.assert_frame_equal(from_text.example, plain.example)
-    assert from_text.bundle.booster.model_to_string() == plain.bundle.booster.model_to_string()
+    assert_read_as_plain(written, table, ["signup_first", "issued", "seen"], tmp_path)
 
     from crmscore.training.table import plan_columns
 
