@@ -142,6 +142,22 @@ UNSAFE_NAME = r'[\s"\',:\[\]{}\\]+'
 EPOCH = pd.Timestamp("1970-01-01")
 
 
+#: what pandas names a column whose header cell is empty: in a CSV, the index a
+#: ``DataFrame.to_csv`` wrote (``to_csv``'s default; Kaggle's "Give Me Some Credit" has one)
+UNNAMED_COLUMN = r"Unnamed: \d+"
+
+
+def counts_rows(s: pd.Series) -> bool:
+    """A running row number: whole numbers, none missing, each one more than the row before."""
+    values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return len(values) > 1 and bool((np.diff(values) == 1).all())
+
+
+def written_indexes(frame: pd.DataFrame) -> list[str]:
+    """The columns of ``frame`` that are the index a CSV export wrote: no header, counting rows."""
+    return [c for c in frame.columns if re.fullmatch(UNNAMED_COLUMN, str(c)) and counts_rows(frame[c])]
+
+
 def _is_text(s: pd.Series) -> bool:
     return s.dtype == object or pd.api.types.is_string_dtype(s)
 
@@ -417,9 +433,21 @@ def fit_table(
     if id_column is not None and id_column not in train.columns:
         raise TableError(f"id column {id_column!r} is not in {train_name}")
     features = [c for c in train.columns if c not in (target, id_column)]
+    # A row number is no trait of a customer: the index an export wrote is left out; a named
+    # one is kept (a file in sign-up order makes it a tenure) but named, as a leak would be
+    row_numbers = [c for c in features if counts_rows(train[c])]
+    written_index = written_indexes(train[row_numbers])
+    for col in row_numbers:
+        if col in written_index:
+            logger.warning("column %r of %s is a row number with no header, the index a CSV export wrote: "
+                           "left out of the features", col, train_name)
+        else:
+            logger.warning("column %r of %s counts the rows (%s, %s, ...): if it is only the file's order, "
+                           "drop it (it is used as a feature)", col, train_name, train[col].iloc[0], train[col].iloc[1])
+    features = [c for c in features if c not in written_index]
     if test is not None:
         expected = set(features) | ({id_column} if id_column else set())
-        have = set(test.columns) - {target}
+        have = set(test.columns) - {target} - set(written_indexes(test))
         missing, extra = sorted(expected - have), sorted(have - expected)
         if missing or extra:
             parts = []

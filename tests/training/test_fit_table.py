@@ -236,6 +236,31 @@ def test_dates_written_for_people_are_days(tmp_path: Path, caplog) -> None:
     assert "column 'ambiguous' reads as dates in 2 ways (%d/%m/%Y or %m/%d/%Y" in caplog.text
 
 
+def test_the_index_a_csv_export_wrote_is_left_out_and_a_row_count_is_named(tmp_path: Path, caplog) -> None:
+    """``DataFrame.to_csv`` writes the index unless told not to: pandas reads it back as
+    ``Unnamed: 0``, a row number that is no trait of a customer. It is left out, in a test table
+    too (written with or without one), with a warning; a named running number (``RowNumber``
+    of a bank's churn table) is kept and named."""
+    table = flat_table()
+    table.iloc[:1_000].to_csv(tmp_path / "train.csv")  # with the index
+    table.iloc[1_000:].to_csv(tmp_path / "test.csv", index=False)  # without
+    train, test = pd.read_csv(tmp_path / "train.csv"), pd.read_csv(tmp_path / "test.csv")
+    assert train.columns[0] == "Unnamed: 0"
+    with caplog.at_level(logging.WARNING):
+        indexed = fit_table(ModelKind.CHURN, train, "Churn", id_column="customer_id", test=test)
+    plain = fit_table(ModelKind.CHURN, train.drop(columns="Unnamed: 0"), "Churn", id_column="customer_id", test=test)
+    assert "Unnamed_0" not in indexed.bundle.feature_names
+    assert indexed.bundle.booster.model_to_string() == plain.bundle.booster.model_to_string()
+    assert "column 'Unnamed: 0' of train is a row number with no header" in caplog.text
+
+    caplog.clear()
+    numbered = table.iloc[:1_000].assign(RowNumber=np.arange(1, 1_001))
+    with caplog.at_level(logging.WARNING):
+        kept = fit_table(ModelKind.CHURN, numbered, "Churn", id_column="customer_id")
+    assert "RowNumber" in kept.bundle.feature_names
+    assert "column 'RowNumber' of train counts the rows (1, 2, ...)" in caplog.text
+
+
 def test_awkward_names_dates_and_a_semicolon_csv(tmp_path: Path) -> None:
     """Column names LightGBM refuses (JSON's characters), a date column, a ';' CSV with decimal commas."""
     table = flat_table()
