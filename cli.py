@@ -123,19 +123,30 @@ def truth(
     as_of: AsOfOption,
     horizon_days: HorizonOption = 90,
     mc_paths: Annotated[int, typer.Option("--mc-paths", help="Monte Carlo paths for expected margin.")] = 200,
+    record: Annotated[bool, typer.Option(
+        "--record", help="Also write the best prediction from the record (the generator's posterior given "
+                         "what a model can see; ~2 ms a customer) to _truth/record_<as-of>_h<horizon>.parquet.")] = False,
 ) -> None:
-    """Write the ground truth of a synthetic base for another as-of date and horizon."""
+    """Write the ground truth of a synthetic base for another as-of date and horizon.
+
+    The truth is each probability given the customer's latent traits; with --record also the
+    best any model of the record can do (P(churn), P(purchase), E[margin] given the record), the
+    reference to compare a model with when the traits are only partly in the record.
+    """
     from crmscore.features import synthetic
 
     when = parse_date(as_of, "--as-of")
     try:
         loaded = synthetic.load_synthetic_base(base)
-        table = synthetic.compute_truth(loaded, when, horizon_days, mc_paths=mc_paths)
+        tables = {"truth": synthetic.compute_truth(loaded, when, horizon_days, mc_paths=mc_paths)}
+        if record:
+            tables["record"] = synthetic.record_posterior(loaded, when, horizon_days)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
-    path = synthetic.truth_path(base, when, horizon_days)
-    synthetic.write_parquet_atomic(table, path)
-    logger.info("wrote the truth of %d customers to %s", len(table), path)
+    for what, table in tables.items():
+        path = synthetic.truth_path(base, when, horizon_days, what)
+        synthetic.write_parquet_atomic(table, path)
+        logger.info("wrote the %s of %d customers to %s", what, len(table), path)
 
 
 @app.command()

@@ -1028,8 +1028,10 @@ def write_synthetic_base(synthetic: SyntheticBase, out_path: Path, *, n_jobs: in
             done.result()
 
 
-def truth_path(out_path: Path, as_of: date, horizon_days: int) -> Path:
-    return Path(out_path) / "_truth" / f"truth_{as_of.isoformat()}_h{horizon_days}.parquet"
+def truth_path(out_path: Path, as_of: date, horizon_days: int, what: str = "truth") -> Path:
+    """Where the truth (``what="truth"``) or the best prediction from the record (``"record"``,
+    :func:`record_posterior`) of ``as_of`` and ``horizon_days`` is written."""
+    return Path(out_path) / "_truth" / f"{what}_{as_of.isoformat()}_h{horizon_days}.parquet"
 
 
 def load_synthetic_base(base_path: Path) -> SyntheticBase:

@@ -196,6 +196,13 @@ def test_truth_cli_for_another_as_of(tmp_path: Path) -> None:
     table = pd.read_parquet(out / "_truth" / "truth_2024-03-01_h180.parquet")
     assert {"customer_id", "true_churn", "true_default", "true_margin"} <= set(table.columns)
     assert table["true_churn"].between(0, 1).all()
+    assert not (out / "_truth" / "record_2024-03-01_h180.parquet").exists()  # only when asked
+    result = runner.invoke(app, ["truth", "--base", str(out), "--as-of", "2024-03-01", "--horizon-days", "180",
+                                 "--mc-paths", "20", "--record"])
+    assert result.exit_code == 0, result.output
+    record = pd.read_parquet(out / "_truth" / "record_2024-03-01_h180.parquet")
+    assert record["customer_id"].tolist() == table["customer_id"].tolist()
+    assert record["record_churn"].between(0, 1).all() and (record["record_margin"] >= 0).all()
 
 
 def test_restricted_base_keeps_its_customers_rows_and_their_exact_truth(synthetic_small, truth_and_labels) -> None:
