@@ -85,51 +85,52 @@ def margin_ceiling(data, base: Path, config) -> dict:
     return {"rmse": m["rmse"], "rmse_ratio": m["oracle_rmse_ratio"]}
 
 
-def record_floor(data, base: Path, config, fitted: dict) -> dict:
-    """The models against the best prediction from the record, on the same test customers.
+def add_record(data, base: Path, config) -> dict:
+    """Join the best prediction from the record into ``data.truth`` and measure it against the truth.
 
     ``synthetic.record_posterior`` inverts the generator: P(churn | record), P(purchase |
     record) and E[margin | record] under the traits' priors. The truth conditions on the traits,
     which the record identifies only partly, so no model of the record reaches it; the
-    posterior is what one can reach. The models are evaluated as against the truth
-    (``jobs.evaluate_bundle``), with the posterior in the truth's place.
+    posterior is what one can reach. With its ``record_*`` columns in the truth frame, as
+    ``crmscore train`` reads them from ``crmscore truth --record``, every model's evaluation
+    (``jobs.evaluate_bundle``) holds its ratios to the record as well (``record_*`` metrics).
     """
     import numpy as np
 
-    from crmscore.bundle import ModelKind
     from crmscore.features import synthetic
     from crmscore.training import evaluate as ev
     from crmscore.training import jobs
 
     _, _, test = data.split()
-    record = synthetic.record_posterior(synthetic.load_synthetic_base(base), data.test_date, config.horizon_days,
-                                        customers=test["customer_id"].astype(str)).set_index("customer_id")
-    as_truth = record.rename(columns=lambda c: c.replace("record_", "true_"))
-    targets = jobs.propensity_targets(data.frame, data.categories)
-    out = {"customers": len(record), "ess_p01": float(np.quantile(record["record_ess"], 0.01))}
-    for kind in (ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.EXPECTED_MARGIN):
-        m = jobs.evaluate_bundle(fitted[kind].bundle, test, targets=targets if kind is ModelKind.PROPENSITY else (),
-                                 truth=as_truth, with_plots=False).metrics
-        # the AUC and RMSE ratios only: the model's ECE is against the outcomes, as in the table above
-        out[kind.value] = {key.replace("oracle_", "model_to_record_").replace("_truth", "_record"): value
-                           for key, value in m.items() if "oracle_" in key and "ece" not in key}
-    # the record against the truth: how far the best one can do from the record is from the truth
     ids = test["customer_id"].astype(str)
-    for kind, label, column in ((ModelKind.CHURN, "label_churn", "churn"),
-                                (ModelKind.EXPECTED_MARGIN, "label_margin", "margin"),
-                                *((ModelKind.PROPENSITY, t.label, f"purchase_{t.category}") for t in targets)):
+    record = synthetic.record_posterior(synthetic.load_synthetic_base(base), data.test_date, config.horizon_days,
+                                        customers=ids).set_index("customer_id")
+    data.truth = data.truth.join(record.drop(columns="record_ess"), how="left")
+    out: dict = {"customers": len(record), "ess_p01": float(np.quantile(record["record_ess"], 0.01))}
+    # the record against the truth: how far the best one can do from the record is from the truth
+    targets = jobs.propensity_targets(data.frame, data.categories)
+    for kind, label, column in (("churn", "label_churn", "churn"), ("expected_margin", "label_margin", "margin"),
+                                *(("propensity", t.label, f"purchase_{t.category}") for t in targets)):
         y = test[label].to_numpy(dtype=np.float64, na_value=np.nan)
-        best = record[f"record_{column}"].reindex(ids).to_numpy()
+        best = data.truth[f"record_{column}"].reindex(ids).to_numpy()
         truth = data.truth[f"true_{column}"].reindex(ids).to_numpy()
         ok = ~np.isnan(y) & ~np.isnan(truth)
-        if kind is ModelKind.EXPECTED_MARGIN:
+        entry = out.setdefault(kind, {})
+        if kind == "expected_margin":
             ratio = ev.regression_oracle_ratio(y[ok], best[ok], truth[ok])["rmse_ratio"]
         else:
             r = ev.oracle_ratios(y[ok], best[ok], truth[ok])
             ratio = r["auc_ratio"]
-            out[kind.value].setdefault("record_ece", {})[column] = r["ece_model"]
-        out[kind.value].setdefault("record_to_truth", {})[column] = ratio
+            entry.setdefault("record_ece", {})[column] = r["ece_model"]
+        entry.setdefault("record_to_truth", {})[column] = ratio
     return out
+
+
+def model_to_record(metrics: dict) -> dict:
+    """A model's ratios to the record from its evaluation: ``record_auc_ratio`` read as
+    ``model_to_record_auc_ratio``, and so on (AUC and RMSE; its ECE is against the outcomes)."""
+    return {key.replace("record_", "model_to_record_", 1): value for key, value in metrics.items()
+            if "record_" in key and "ece" not in key}
 
 
 def main() -> None:
@@ -159,6 +160,11 @@ def main() -> None:
     if data.truth is None:
         raise SystemExit(f"{base} has no synthetic truth (_truth/traits.parquet)")
     timings = {"prepare_s": round(time.perf_counter() - start, 1)}
+    record = None
+    if not args.no_record:
+        t0 = time.perf_counter()
+        record = add_record(data, base, config)
+        timings["record_s"] = round(time.perf_counter() - t0, 1)
     train, _, test = data.split()
     rows, margin, fitted = [], {}, {}
     for kind in ModelKind:
@@ -178,11 +184,9 @@ def main() -> None:
         t0 = time.perf_counter()
         margin["ceiling_with_traits"] = margin_ceiling(data, base, config)
         timings["ceiling_s"] = round(time.perf_counter() - t0, 1)
-    record = None
-    if not args.no_record:
-        t0 = time.perf_counter()
-        record = record_floor(data, base, config, fitted)
-        timings["record_s"] = round(time.perf_counter() - t0, 1)
+    if record is not None:
+        for kind in (ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.EXPECTED_MARGIN):
+            record[kind.value].update(model_to_record(fitted[kind].evaluation.metrics))
 
     title = (f"Model quality vs the synthetic truth: {args.customers:,} customers (seed {args.seed}), "
              f"{len(data.train_dates)} training snapshots, out-of-time test at {data.test_date} "

@@ -71,7 +71,12 @@ def trained_models(mlflow_home: Path, tmp_path_factory: pytest.TempPathFactory) 
     from crmscore.bundle import ModelKind
     from crmscore.features.io import write_snapshot
     from crmscore.features.pipeline import build_snapshot
-    from crmscore.features.synthetic import write_synthetic_base
+    from crmscore.features.synthetic import (
+        record_posterior,
+        truth_path,
+        write_parquet_atomic,
+        write_synthetic_base,
+    )
     from crmscore.training.config import TrainConfig
     from crmscore.training.jobs import promote_job, train_job
 
@@ -79,6 +84,9 @@ def trained_models(mlflow_home: Path, tmp_path_factory: pytest.TempPathFactory) 
     base_path = folder / "base"
     synthetic = generate_base(3_000, seed=11)
     write_synthetic_base(synthetic, base_path)
+    # the best prediction from the record at the test as-of, as `crmscore truth --record` writes it
+    test_as_of = date(2024, 10, 1)
+    write_parquet_atomic(record_posterior(synthetic, test_as_of, 90), truth_path(base_path, test_as_of, 90, "record"))
     config = TrainConfig(train_snapshots=6)
     train_job(base_path, list(ModelKind), config, home=mlflow_home)
     decisions = promote_job(list(ModelKind), config, home=mlflow_home)

@@ -129,23 +129,35 @@ def evaluate_bundle(
             out.metrics.update({"baseline_rmse": b["rmse"], "baseline_spearman": b["spearman"],
                                 "rmse_gain_over_baseline": b["rmse"] - out.metrics["rmse"]})
     if truth is not None:
-        column = {"churn": "true_churn", "credit_risk": "true_default", "expected_margin": "true_margin"}[kind.value]
-        matched = truth[column].reindex(rows["customer_id"].astype(str)).to_numpy(dtype=np.float64)
-        ok = ~np.isnan(matched)
-        if ok.sum() > 10:
-            if kind.is_classifier:
-                r = ev.oracle_ratios(y[ok], pred[ok], matched[ok])
-                out.metrics.update({f"oracle_{k}": v for k, v in r.items()})
-            else:
-                r = ev.regression_oracle_ratio(y[ok], pred[ok], matched[ok])
-                out.metrics.update({f"oracle_{k}": v for k, v in r.items()})
+        outcome = {"churn": "churn", "credit_risk": "default", "expected_margin": "margin"}[kind.value]
+        for prefix, column in REFERENCES:
+            if f"{column}_{outcome}" not in truth.columns:
+                continue
+            matched = truth[f"{column}_{outcome}"].reindex(rows["customer_id"].astype(str)).to_numpy(dtype=np.float64)
+            ok = ~np.isnan(matched)
+            if ok.sum() > 10:
+                oracle = ev.oracle_ratios if kind.is_classifier else ev.regression_oracle_ratio
+                r = oracle(y[ok], pred[ok], matched[ok])
+                out.metrics.update({_reference_metric(prefix, k): v for k, v in r.items()})
     return out
+
+
+#: what a model on a synthetic base is measured against: metric prefix -> column prefix of the
+#: truth frame. The truth (``true_*``, given the latent traits) and, when written
+#: (``crmscore truth --record``), the best prediction from the record (``record_*``)
+REFERENCES = (("oracle", "true"), ("record", "record"))
+
+
+def _reference_metric(prefix: str, key: str) -> str:
+    """``oracle_auc_truth`` and ``record_auc_record``: the reference's own figure named by it."""
+    return f"{prefix}_{key.replace('truth', 'record') if prefix == 'record' else key}"
 
 
 def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation:
     out = Evaluation()
     pred = bundle.predict(bundle.encode(test))
-    aucs, eces, ratios, truth_eces = [], [], [], []
+    aucs, eces, truth_eces = [], [], []
+    ratios: dict[str, list[float]] = {prefix: [] for prefix, _ in REFERENCES}
     stacked_y, stacked_p = [], []
     for j, t in enumerate(targets):
         y = _labels(test, t.label)
@@ -159,21 +171,26 @@ def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation
         eces.append(m["ece"])
         stacked_y.append(y[ok])
         stacked_p.append(pred[ok, j])
-        if truth is not None and f"true_purchase_{t.category}" in truth.columns:
-            matched = truth[f"true_purchase_{t.category}"].reindex(test["customer_id"].astype(str)).to_numpy(dtype=np.float64)
+        for prefix, column in REFERENCES:
+            if truth is None or f"{column}_purchase_{t.category}" not in truth.columns:
+                continue
+            matched = truth[f"{column}_purchase_{t.category}"].reindex(test["customer_id"].astype(str)).to_numpy(dtype=np.float64)
             good = ok & ~np.isnan(matched)
             r = ev.oracle_ratios(y[good], pred[good, j], matched[good])
-            out.metrics[f"{slug}_oracle_auc_ratio"] = r["auc_ratio"]
-            # the truth's own ECE on these rows: the sampling-noise floor of the model's ECE
-            out.metrics[f"{slug}_oracle_ece_truth"] = r["ece_truth"]
-            ratios.append(r["auc_ratio"])
-            truth_eces.append(r["ece_truth"])
+            out.metrics[f"{slug}_{prefix}_auc_ratio"] = r["auc_ratio"]
+            ratios[prefix].append(r["auc_ratio"])
+            if prefix == "oracle":
+                # the truth's own ECE on these rows: the sampling-noise floor of the model's ECE
+                out.metrics[f"{slug}_oracle_ece_truth"] = r["ece_truth"]
+                truth_eces.append(r["ece_truth"])
     if aucs:
         out.metrics.update({"mean_auc": float(np.mean(aucs)), "mean_ece": float(np.mean(eces)),
                             "max_ece": float(np.max(eces))})
-    if ratios:
-        out.metrics["oracle_mean_auc_ratio"] = float(np.mean(ratios))
-        out.metrics["oracle_min_auc_ratio"] = float(np.min(ratios))
+    for prefix, values in ratios.items():
+        if values:
+            out.metrics[f"{prefix}_mean_auc_ratio"] = float(np.mean(values))
+            out.metrics[f"{prefix}_min_auc_ratio"] = float(np.min(values))
+    if truth_eces:
         out.metrics["oracle_mean_ece_truth"] = float(np.mean(truth_eces))
     if stacked_y and with_plots:
         y, p = np.concatenate(stacked_y), np.concatenate(stacked_p)
@@ -323,13 +340,29 @@ def load_truth(
 
     ``customers`` limits it to those ids: read from the written truth when there is one, else
     computed for them only (``compute_truth`` costs ~1 ms per customer; not written, as it is
-    not the whole base's truth).
+    not the whole base's truth). The best prediction from the record (``record_*`` columns,
+    ``synthetic.record_posterior``) is joined in when written (``crmscore truth --record``):
+    :func:`evaluate_bundle` then measures each model against it as well (``record_*`` metrics).
     """
     from crmscore.features import synthetic
 
     traits = Path(base_path) / "_truth" / "traits.parquet"
     if not traits.is_file():
         return None
+    truth = _compute_or_read_truth(base_path, as_of, horizon_days, customers)
+    record_path = synthetic.truth_path(base_path, as_of, horizon_days, "record")
+    if record_path.is_file():  # written by `crmscore truth --record`: measured against it too
+        record = pd.read_parquet(record_path).drop(columns="record_ess", errors="ignore")
+        record["customer_id"] = record["customer_id"].astype(str)
+        truth = truth.join(record.set_index("customer_id"), how="left")
+    return truth
+
+
+def _compute_or_read_truth(
+    base_path: Path, as_of: date, horizon_days: int, customers: pd.Series | None
+) -> pd.DataFrame:
+    from crmscore.features import synthetic
+
     path = synthetic.truth_path(base_path, as_of, horizon_days)
     if path.is_file():
         truth = pd.read_parquet(path)
