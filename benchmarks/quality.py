@@ -104,8 +104,8 @@ def add_record(data, base: Path, config) -> dict:
     _, _, test = data.split()
     ids = test["customer_id"].astype(str)
     record = synthetic.record_posterior(synthetic.load_synthetic_base(base), data.test_date, config.horizon_days,
-                                        customers=ids).set_index("customer_id")
-    data.truth = data.truth.join(record.drop(columns="record_ess"), how="left")
+                                        customers=ids)
+    data.truth = jobs.join_record(data.truth, record)
     out: dict = {"customers": len(record), "ess_p01": float(np.quantile(record["record_ess"], 0.01))}
     # the record against the truth: how far the best one can do from the record is from the truth
     targets = jobs.propensity_targets(data.frame, data.categories)

@@ -33,6 +33,10 @@ probability per category are exact, from (1); the default probability is exact f
 issued before T and Monte Carlo (Rao-Blackwellised over simulated continuations) for invoices
 issued inside the horizon, which only matters when H > payment terms + 90 days; expected
 margin is Monte Carlo over ``mc_paths`` simulated continuations (its standard error is written).
+
+The truth conditions on the latent traits, which the record shows only in part. The best
+prediction a model of the record can make (:func:`record_posterior`) inverts the generator:
+the posterior of the traits given the record, under the priors of :func:`draw_traits`.
 """
 
 from __future__ import annotations

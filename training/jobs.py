@@ -352,10 +352,16 @@ def load_truth(
     truth = _compute_or_read_truth(base_path, as_of, horizon_days, customers)
     record_path = synthetic.truth_path(base_path, as_of, horizon_days, "record")
     if record_path.is_file():  # written by `crmscore truth --record`: measured against it too
-        record = pd.read_parquet(record_path).drop(columns="record_ess", errors="ignore")
-        record["customer_id"] = record["customer_id"].astype(str)
-        truth = truth.join(record.set_index("customer_id"), how="left")
+        truth = join_record(truth, pd.read_parquet(record_path))
     return truth
+
+
+def join_record(truth: pd.DataFrame, record: pd.DataFrame) -> pd.DataFrame:
+    """``truth`` (indexed by customer id) with the ``record_*`` columns of
+    ``synthetic.record_posterior``'s frame joined in: :func:`evaluate_bundle` then measures each
+    model against the best prediction from the record as well as against the truth."""
+    record = record.drop(columns="record_ess", errors="ignore").assign(customer_id=record["customer_id"].astype(str))
+    return truth.join(record.set_index("customer_id"), how="left")
 
 
 def _compute_or_read_truth(

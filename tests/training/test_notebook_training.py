@@ -34,5 +34,6 @@ def test_training_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     )
     assert f"python  : {sys.executable}" in text
     assert "CHN." in text  # reason codes printed
+    assert "vs record's best" in text  # each model against the best prediction from the record
     images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert images >= 3
