@@ -70,6 +70,17 @@ def _labels(frame: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+#: what a model on a synthetic base is measured against: metric prefix -> column prefix of the
+#: truth frame. The truth (``true_*``, given the latent traits) and, when written
+#: (``crmscore truth --record``), the best prediction from the record (``record_*``)
+REFERENCES = (("oracle", "true"), ("record", "record"))
+
+
+def _reference_metric(prefix: str, key: str) -> str:
+    """``oracle_auc_truth`` and ``record_auc_record``: the reference's own figure named by it."""
+    return f"{prefix}_{key.replace('truth', 'record') if prefix == 'record' else key}"
+
+
 def evaluate_bundle(
     bundle: ModelBundle,
     test: pd.DataFrame,
@@ -84,7 +95,9 @@ def evaluate_bundle(
     """Metrics (and plots) of ``bundle`` on ``test``, against the baseline and the truth if given.
 
     ``truth`` is indexed by ``customer_id`` with the synthetic generator's columns
-    (``true_churn``, ``true_purchase_<c>``, ``true_default``, ``true_margin``).
+    (``true_churn``, ``true_purchase_<c>``, ``true_default``, ``true_margin``: ``oracle_*``
+    metrics) and, when joined in (:func:`join_record`), the best prediction from the record
+    (``record_churn``, ``record_purchase_<c>``, ``record_margin``: ``record_*`` metrics).
     """
     kind = bundle.kind
     out = Evaluation()
@@ -140,17 +153,6 @@ def evaluate_bundle(
                 r = oracle(y[ok], pred[ok], matched[ok])
                 out.metrics.update({_reference_metric(prefix, k): v for k, v in r.items()})
     return out
-
-
-#: what a model on a synthetic base is measured against: metric prefix -> column prefix of the
-#: truth frame. The truth (``true_*``, given the latent traits) and, when written
-#: (``crmscore truth --record``), the best prediction from the record (``record_*``)
-REFERENCES = (("oracle", "true"), ("record", "record"))
-
-
-def _reference_metric(prefix: str, key: str) -> str:
-    """``oracle_auc_truth`` and ``record_auc_record``: the reference's own figure named by it."""
-    return f"{prefix}_{key.replace('truth', 'record') if prefix == 'record' else key}"
 
 
 def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation:
