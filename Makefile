@@ -31,7 +31,7 @@ install: $(STAMP)
 # The main job end to end on embedded defaults: MLflow tracking in ./mlflow.db, artefacts in
 # ./models, the run's files in $(DEMO_DIR).
 demo: $(STAMP)
-	$(BIN)/crmscore generate --customers $(DEMO_CUSTOMERS) --seed 1 --out $(DEMO_DIR)/base
+	$(BIN)/crmscore generate --customers $(DEMO_CUSTOMERS) --seed 1 --out $(DEMO_DIR)/base --record
 	$(BIN)/crmscore validate --base $(DEMO_DIR)/base --as-of 2025-01-01
 	$(BIN)/crmscore train --base $(DEMO_DIR)/base --kind all
 	$(BIN)/crmscore promote --kind all

@@ -94,13 +94,18 @@ def generate(
         typer.Option("--truth-as-of", help="As-of date(s) to write the truth for (repeatable)."),
     ] = None,
     horizon_days: HorizonOption = 90,
+    record: Annotated[bool, typer.Option(
+        "--record", help="Also write the best prediction from the record at each --truth-as-of date "
+                         "(see `crmscore truth --help`; ~2 ms a customer).")] = False,
 ) -> None:
     """Generate a synthetic CRM base (2022-2024) with its ground truth.
 
     Writes customers, transactions, invoices and interactions as Parquet, the latent traits
     to _truth/traits.parquet and, for each --truth-as-of date (default 2024-10-01), each
     customer's true churn, purchase, default probabilities and expected margin to
-    _truth/truth_<as-of>_h<horizon>.parquet.
+    _truth/truth_<as-of>_h<horizon>.parquet; with --record also the best prediction from the
+    record to _truth/record_<as-of>_h<horizon>.parquet, which `crmscore train` then measures
+    its models against as well.
     """
     from crmscore.features import synthetic
 
@@ -111,6 +116,9 @@ def generate(
         for as_of in dates:
             truth = synthetic.compute_truth(base, as_of, horizon_days, seed=seed)
             synthetic.write_parquet_atomic(truth, synthetic.truth_path(out, as_of, horizon_days))
+            if record:
+                synthetic.write_parquet_atomic(synthetic.record_posterior(base, as_of, horizon_days, seed=seed),
+                                               synthetic.truth_path(out, as_of, horizon_days, "record"))
     except ValueError as exc:
         raise fail(str(exc)) from None
     counts = ", ".join(f"{t.num_rows:,} {name}" for name, t in base.tables.items())

@@ -190,7 +190,10 @@ def test_truth_ranks_outcomes_well(truth_and_labels) -> None:
 def test_truth_cli_for_another_as_of(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "base"
-    assert runner.invoke(app, ["generate", "--customers", "500", "--out", str(out), "--truth-as-of", "2024-01-01"]).exit_code == 0
+    assert runner.invoke(app, ["generate", "--customers", "500", "--out", str(out), "--truth-as-of", "2024-01-01",
+                               "--record"]).exit_code == 0
+    assert set(pd.read_parquet(out / "_truth" / "record_2024-01-01_h90.parquet")["customer_id"]) == set(
+        pd.read_parquet(out / "_truth" / "truth_2024-01-01_h90.parquet")["customer_id"])
     result = runner.invoke(app, ["truth", "--base", str(out), "--as-of", "2024-03-01", "--horizon-days", "180", "--mc-paths", "20"])
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(out / "_truth" / "truth_2024-03-01_h180.parquet")
