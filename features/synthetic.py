@@ -784,6 +784,7 @@ def record_posterior(
     Returns one row per customer known at ``as_of`` (of ``customers`` when given), in the
     order and with the names of :func:`compute_truth`'s columns, ``true_`` read ``record_``:
     ``customer_id``, ``record_churn``, ``record_purchase_<category>``, ``record_margin``, and
+    two checks: ``record_spend`` (E[spend scale | record], the trait ``spend``) and
     ``record_ess`` (the effective number of weighted points behind the draws, a check on the
     grids).
     """
@@ -939,6 +940,7 @@ def record_posterior(
     for j, c in enumerate(CATEGORIES):
         out[f"record_purchase_{c}"] = 1 - out_none[:, j]
     out["record_margin"] = out_margin
+    out["record_spend"] = spend  # E[spend scale | record]: a check of the spend posterior on its own
     out["record_ess"] = out_ess
     return out
 

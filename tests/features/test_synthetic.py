@@ -236,7 +236,7 @@ def test_record_posterior_is_the_truth_seen_through_the_record(synthetic_small, 
     record = synthetic.record_posterior(synthetic_small, AS_OF, HORIZON, seed=3)
     assert list(record["customer_id"]) == list(truth["customer_id"])
     assert record["record_ess"].min() > 50  # the grids hold the posterior
-    assert [c.replace("record_", "true_") for c in record.columns[:-1]] == [
+    assert [c.replace("record_", "true_") for c in record.columns[:-2]] == [
         c for c in truth.columns if c.startswith(("customer_id", "true_churn", "true_purchase_", "true_margin"))
         and c != "true_margin_se"]
     for col, true_col in (("record_margin", "true_margin"), ("record_churn", "true_churn"),
@@ -248,6 +248,13 @@ def test_record_posterior_is_the_truth_seen_through_the_record(synthetic_small, 
         means = pd.DataFrame({"post": post, "true": true}).groupby(decile).mean()
         gap = (means["true"] - means["post"]).abs() / means["post"].abs().max()
         assert gap.max() < 0.05, (col, means)
+    # the spend posterior on its own, against the trait (a wrong spend prior or order-value
+    # shape moves a decile by 6-23% here; the margin's slope above hides it)
+    post, spend = record["record_spend"].to_numpy(), synthetic_small.traits.frame.set_index("customer_id")[
+        "spend"].reindex(record["customer_id"]).to_numpy()
+    assert 0.95 < np.polyfit(post, spend, 1)[0] < 1.05
+    means = pd.DataFrame({"post": post, "true": spend}).groupby(pd.qcut(post, 10, labels=False)).mean()
+    assert ((means["true"] - means["post"]).abs() / means["post"]).max() < 0.05, means
     rmse = {name: np.sqrt(np.mean((labels["margin"].to_numpy() - p) ** 2)) for name, p in (
         ("truth", truth["true_margin"]), ("record", record["record_margin"]),
         ("segment", labels["margin"].groupby(synthetic_small.traits.frame.set_index("customer_id")["b2b"]
