@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/crmscore-bench"))
     parser.add_argument("--no-ceiling", action="store_true", help="skip the trait-aware margin ceiling")
     parser.add_argument("--no-record", action="store_true",
-                        help="skip the best prediction from the record (the generator's posterior, ~2 min on 50k)")
+                        help="skip the best prediction from the record (the generator's posterior, ~90 s on 50k)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

@@ -649,6 +649,17 @@ def _day(as_of: date) -> float:
     return float((as_of - START).days)
 
 
+def _horizon(as_of: date, horizon_days: int) -> tuple[float, float]:
+    """T and T + H in days since :data:`START`; a ValueError naming them when outside the base."""
+    t0, t1 = _day(as_of), _day(as_of) + horizon_days
+    if not (0 < t0 and t1 <= _day(END)):
+        raise ValueError(
+            f"as_of + horizon_days must lie within the generated period {START} .. {END - timedelta(days=1)}; "
+            f"got as_of={as_of}, horizon_days={horizon_days}"
+        )
+    return t0, t1
+
+
 def _days_since_start(ts: pa.ChunkedArray) -> np.ndarray:
     """Timestamps (to the second) as fractional days since :data:`START`, the simulation's clock."""
     seconds = ts.to_numpy().astype("datetime64[s]").astype(np.int64)
@@ -674,12 +685,7 @@ def compute_truth(
     """
     check_positive_int("horizon_days", horizon_days)
     check_positive_int("mc_paths", mc_paths)
-    t0, t1 = _day(as_of), _day(as_of) + horizon_days
-    if not (0 < t0 and t1 <= _day(END)):
-        raise ValueError(
-            f"as_of + horizon_days must lie within the generated period {START} .. {END - timedelta(days=1)}; "
-            f"got as_of={as_of}, horizon_days={horizon_days}"
-        )
+    t0, t1 = _horizon(as_of, horizon_days)
     tr = synthetic.traits.frame
     known = np.flatnonzero(tr["signup_t"].to_numpy() < t0)
     k = len(CATEGORIES)
@@ -792,9 +798,7 @@ def record_posterior(
 
     check_positive_int("horizon_days", horizon_days)
     check_positive_int("draws", draws)
-    t0, t1 = _day(as_of), _day(as_of) + horizon_days
-    if not (0 < t0 and t1 <= _day(END)):
-        raise ValueError(f"as_of + horizon_days must lie within the generated period {START} .. {END}")
+    t0, t1 = _horizon(as_of, horizon_days)
     tr = synthetic.traits.frame
     known = np.flatnonzero(tr["signup_t"].to_numpy() < t0)
     if customers is not None:
