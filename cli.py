@@ -398,9 +398,12 @@ def fit_table_command(
 ) -> None:
     """Learn a model from your own featurised customer table, tracked in MLflow.
 
-    Text columns are categoricals unless every value is a number or an ISO date; blanks, '?'
-    and NA markers are missing; ';' CSVs with decimal commas are read as such. The target may be
-    0/1, bool, yes/no or labels (then --positive).
+    Text columns are categoricals unless every value is a number ($1,169, 10.65%) or a date.
+
+    Blanks, '?' and NA markers are missing; ';' CSVs with decimal commas are read as such.
+
+    The target may be 0/1, bool, yes/no or labels (then --positive), or amounts for margin.
+
     Score = probability of the positive class, or the predicted value for expected_margin.
     """
     from crmscore.bundle import ModelKind

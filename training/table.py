@@ -357,19 +357,21 @@ def encode_target(series: pd.Series, kind: ModelKind, positive: str | None, name
     column = series.name
     if _is_text(series):  # blanks and missing markers: unlabelled rows, as in the features
         series = _blank_to_missing(series)
-    if not kind.is_classifier:
-        values = pd.to_numeric(series, errors="coerce")
+    if not kind.is_classifier:  # numbers written for people (``$1,169``) read as the features' do
+        values = _to_number(series)
         bad = series.notna() & values.isna()
         if bad.any():
             examples = ", ".join(repr(v) for v in series[bad].unique()[:3])
             raise TableError(f"target {column!r} of {name} must be numeric for {kind.value}; got {examples}")
         return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    # labels compare without the spaces around them: UCI's Adult writes ' >50K' after each comma
+    labels = series.astype(str).str.strip()
     present = series.dropna()
-    text = present.astype(str)
+    text = labels[present.index]
     if positive is not None:
         distinct = sorted(text.unique())
-        if positive in distinct:
-            is_positive = series.astype(str) == positive
+        if positive.strip() in distinct:
+            is_positive = labels == positive.strip()
         elif (number := _number(positive)) is not None and (numeric := pd.to_numeric(series, errors="coerce")).eq(number).any():
             is_positive = numeric == number  # --positive 1 on a column read as 0.0/1.0
         else:
@@ -381,7 +383,7 @@ def encode_target(series: pd.Series, kind: ModelKind, positive: str | None, name
     lowered = set(text.str.lower().unique())
     for yes, no in (("true", "false"), ("yes", "no")):  # booleans, however they were exported
         if lowered <= {yes, no}:
-            return np.where(series.isna(), np.nan, (series.astype(str).str.lower() == yes).astype(np.float64))
+            return np.where(series.isna(), np.nan, (labels.str.lower() == yes).astype(np.float64))
     numeric = pd.to_numeric(present, errors="coerce")
     if numeric.notna().all() and set(numeric.unique()) <= {0, 1}:
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)

@@ -337,6 +337,30 @@ def test_a_yes_no_target_needs_no_positive_class() -> None:
     assert yes.metrics["validation"]["base_rate"] == pytest.approx((table["Churn"] == "Yes").mean())
 
 
+def test_labels_match_without_the_spaces_around_them() -> None:
+    """UCI's Adult writes ', >50K' (a space after each comma): --positive '>50K' finds it, and
+    ' Yes' / ' No' are still booleans. The model is the one the clean labels give."""
+    table = flat_table()
+    clean = fit_table(ModelKind.CHURN, table, "Churn", id_column="customer_id")
+    spaced = table.assign(Churn=" " + table["Churn"])
+    as_positive = fit_table(ModelKind.CHURN, spaced, "Churn", positive="Yes", id_column="customer_id")
+    as_boolean = fit_table(ModelKind.CHURN, spaced, "Churn", id_column="customer_id")
+    for result in (as_positive, as_boolean):
+        assert result.bundle.booster.model_to_string() == clean.bundle.booster.model_to_string()
+        assert result.metrics["validation"] == clean.metrics["validation"]
+
+
+def test_a_margin_target_written_as_money_is_read_as_numbers(customer_table) -> None:
+    """A value exported as '$1,169.50' is the number 1169.5, as in a feature column."""
+    frame = customer_table[customer_table["churned"].notna()].drop(columns=["status"])
+    frame = frame.assign(margin_next_90d=frame["margin_next_90d"].round(2))  # as written: to the cent
+    plain = fit_table(ModelKind.EXPECTED_MARGIN, frame, "margin_next_90d")
+    written = frame.assign(margin_next_90d=[f"${v:,.2f}" if v >= 0 else f"-${-v:,.2f}" for v in frame["margin_next_90d"]])
+    assert written["margin_next_90d"].str.contains(",").any()  # thousands are separated
+    result = fit_table(ModelKind.EXPECTED_MARGIN, written, "margin_next_90d")
+    assert result.metrics["validation"] == pytest.approx(plain.metrics["validation"], rel=1e-9)
+
+
 def test_test_columns_must_match(churn_frame) -> None:
     train, test = churn_frame.iloc[:800], churn_frame.iloc[800:].drop(columns=["tenure_days"]).assign(extra=1)
     with pytest.raises(TableError) as err:
