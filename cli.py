@@ -138,7 +138,7 @@ def truth(
     """Write the ground truth of a synthetic base for another as-of date and horizon.
 
     The truth is each probability given the customer's latent traits; with --record also the
-    best any model of the record can do (P(churn), P(purchase), E[margin] given the record), the
+    best any model of the record can do (P(churn), P(purchase), P(default), E[margin] given it), the
     reference to compare a model with when the traits are only partly in the record.
     """
     from crmscore.features import synthetic

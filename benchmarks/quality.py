@@ -89,7 +89,7 @@ def add_record(data, base: Path, config) -> dict:
     """Join the best prediction from the record into ``data.truth`` and measure it against the truth.
 
     ``synthetic.record_posterior`` inverts the generator: P(churn | record), P(purchase |
-    record) and E[margin | record] under the traits' priors. The truth conditions on the traits,
+    record), P(default | record) and E[margin | record] under the traits' priors. The truth conditions on the traits,
     which the record identifies only partly, so no model of the record reaches it; the
     posterior is what one can reach. With its ``record_*`` columns in the truth frame, as
     ``crmscore train`` reads them from ``crmscore truth --record``, every model's evaluation
@@ -110,11 +110,12 @@ def add_record(data, base: Path, config) -> dict:
     # the record against the truth: how far the best one can do from the record is from the truth
     targets = jobs.propensity_targets(data.frame, data.categories)
     for kind, label, column in (("churn", "label_churn", "churn"), ("expected_margin", "label_margin", "margin"),
+                                ("credit_risk", "label_default", "default"),
                                 *(("propensity", t.label, f"purchase_{t.category}") for t in targets)):
         y = test[label].to_numpy(dtype=np.float64, na_value=np.nan)
         best = data.truth[f"record_{column}"].reindex(ids).to_numpy()
         truth = data.truth[f"true_{column}"].reindex(ids).to_numpy()
-        ok = ~np.isnan(y) & ~np.isnan(truth)
+        ok = ~np.isnan(y) & ~np.isnan(truth) & ~np.isnan(best)
         entry = out.setdefault(kind, {})
         if kind == "expected_margin":
             ratio = ev.regression_oracle_ratio(y[ok], best[ok], truth[ok])["rmse_ratio"]
@@ -185,7 +186,7 @@ def main() -> None:
         margin["ceiling_with_traits"] = margin_ceiling(data, base, config)
         timings["ceiling_s"] = round(time.perf_counter() - t0, 1)
     if record is not None:
-        for kind in (ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.EXPECTED_MARGIN):
+        for kind in (ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.CREDIT_RISK, ModelKind.EXPECTED_MARGIN):
             record[kind.value].update(model_to_record(fitted[kind].evaluation.metrics))
 
     title = (f"Model quality vs the synthetic truth: {args.customers:,} customers (seed {args.seed}), "
@@ -201,7 +202,7 @@ def main() -> None:
           f"ratio {margin['rmse_ratio']:.3f}  goal <= 1.05  {margin['status']}"
           + (f"; with the traits as features (ceiling): ratio {ceiling['rmse_ratio']:.3f}" if ceiling else ""))
     if record is not None:
-        c, p, r = record["churn"], record["propensity"], record["expected_margin"]
+        c, p, r, d = record["churn"], record["propensity"], record["expected_margin"], record["credit_risk"]
         margin_ok = r["model_to_record_rmse_ratio"] <= GOALS["rmse_ratio"]
         print(f"\nAgainst the best prediction from the record (synthetic.record_posterior, {record['customers']:,} "
               f"test customers; 1st-percentile effective sample {record['ess_p01']:.0f}):")
@@ -210,6 +211,8 @@ def main() -> None:
         lowest = min(record["propensity"]["record_to_truth"].items(), key=lambda kv: kv[1])
         print(f"  propensity       AUC ratio model / record mean {p['model_to_record_mean_auc_ratio']:.4f}, "
               f"min {p['model_to_record_min_auc_ratio']:.4f}; record / truth lowest {lowest[1]:.4f} ({lowest[0]})")
+        print(f"  credit_risk      AUC ratio model / record {d['model_to_record_auc_ratio']:.4f}; "
+              f"record / truth {d['record_to_truth']['default']:.4f}, record's ECE {d['record_ece']['default']:.4f}")
         print(f"  expected_margin  RMSE ratio model / record {r['model_to_record_rmse_ratio']:.3f} (goal <= 1.05: "
               f"{_status(margin_ok)}); record / truth {r['record_to_truth']['margin']:.3f}")
         margin["status_against_record"] = _status(margin_ok)

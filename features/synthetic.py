@@ -85,6 +85,8 @@ KAPPA_MEDIAN, KAPPA_LOG_SD = 200.0, 0.6  # log-normal: warped days a category st
 AFFINITY_CONCENTRATION = 0.7  # Dirichlet(POPULARITY x 0.7)
 SPEND_MEDIAN, SPEND_LOG_SD, B2B_SPEND = 30.0, 0.55, 4.0  # log-normal order value scale
 MARGIN_LOG_SD, B2B_MARGIN = 0.15, 0.8  # margin rate: MARGIN_RATE x log-normal, B2B x 0.8
+B2B_CREDIT = 0.2  # the credit trait is N(0, 1), shifted by this for B2B (credit_payment_law)
+TERMS_DAYS = (14, 30)  # payment terms of B2C and B2B customers buying on account
 GAMMA_ORDER_SHAPE = 4.0  # an order's revenue is Gamma(4, scale x price / 4)
 ACQUISITION_LAG, ACQUISITION_WINDOW = 0.3, 0.4  # the acquisition order: sign-up day + 0.3 .. 0.7
 COST = {  # activity-based cost per contact, currency: (B2C, B2B)
@@ -199,6 +201,15 @@ class Traits:
         return self.frame[[f"{prefix}_{c}" for c in CATEGORIES]].to_numpy(np.float64)
 
 
+def credit_payment_law(credit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The payment habits a credit trait gives: P(an invoice is never paid), the share paid
+    late, and the mean days late when late."""
+    never_pay = 1 / (1 + np.exp(-(-6.5 + 1.3 * credit)))
+    late_share = 1 / (1 + np.exp(-(-1.2 + 1.1 * credit)))
+    late_mean = np.exp(2.0 + 0.65 * credit)  # days late when late
+    return never_pay, late_share, late_mean
+
+
 def draw_traits(n_customers: int, rng: np.random.Generator) -> Traits:
     """Draw the latent traits of ``n_customers`` customers."""
     n = n_customers
@@ -218,10 +229,8 @@ def draw_traits(n_customers: int, rng: np.random.Generator) -> Traits:
     support_p = rng.beta(2.0, 10.0, n) * np.where(b2b, 1.6, 1.0)
     visit_rate = np.where(b2b, rng.gamma(2.0, 2.5, n), 0.0)  # sales visits a year
     on_account = b2b | (rng.random(n) < 0.2)
-    credit = rng.normal(0.0, 1.0, n) + np.where(b2b, 0.2, 0.0)
-    never_pay = 1 / (1 + np.exp(-(-6.5 + 1.3 * credit)))
-    late_share = 1 / (1 + np.exp(-(-1.2 + 1.1 * credit)))
-    late_mean = np.exp(2.0 + 0.65 * credit)  # days late when late
+    credit = rng.normal(0.0, 1.0, n) + np.where(b2b, B2B_CREDIT, 0.0)
+    never_pay, late_share, late_mean = credit_payment_law(credit)
     acquisition = rng.random(n) < 0.97  # 3% register without buying yet
     region = rng.choice(len(REGIONS), n, p=[0.3, 0.2, 0.15, 0.2, 0.15])
     channel_b2c = rng.choice(len(B2C_CHANNELS), n, p=[0.45, 0.25, 0.1, 0.1, 0.1])
@@ -237,7 +246,7 @@ def draw_traits(n_customers: int, rng: np.random.Generator) -> Traits:
             "support_p": support_p,
             "visit_rate": visit_rate,
             "on_account": on_account,
-            "terms_days": np.where(b2b, 30, 14),
+            "terms_days": np.where(b2b, TERMS_DAYS[1], TERMS_DAYS[0]),
             "credit": credit,
             "never_pay": never_pay,
             "late_share": late_share,
@@ -766,7 +775,7 @@ def record_posterior(
     synthetic: SyntheticBase, as_of: date, horizon_days: int, *, customers: pd.Series | None = None,
     draws: int = 256, seed: int = 0,
 ) -> pd.DataFrame:
-    """The best predictions the record allows: E[margin | record], P(churn | record), P(purchase | record).
+    """The best predictions the record allows: E[margin], P(churn), P(purchase), P(default) given the record.
 
     :func:`compute_truth` gives expectations *given the latent traits*; a model sees only the
     record (sign-up date, segment, each order's time, category, revenue and cost, complaints),
@@ -787,12 +796,16 @@ def record_posterior(
     a complaint follows an order within 10.5 days (orders of the last days count in part), and
     the first order of the sign-up day's acquisition window is taken for the acquisition order.
 
+    The default (:func:`_record_default`) has a posterior of its own: the credit trait drives
+    the payments only, and the payments nothing else.
+
     Returns one row per customer known at ``as_of`` (of ``customers`` when given), in the
     order and with the names of :func:`compute_truth`'s columns, ``true_`` read ``record_``:
-    ``customer_id``, ``record_churn``, ``record_purchase_<category>``, ``record_margin``, and
-    two checks: ``record_spend`` (E[spend scale | record], the trait ``spend``) and
-    ``record_ess`` (the effective number of weighted points behind the draws, a check on the
-    grids).
+    ``customer_id``, ``record_churn``, ``record_purchase_<category>``, ``record_margin``,
+    ``record_default`` (bases with invoices, horizons up to 104 days), and checks:
+    ``record_spend`` (E[spend scale | record], the trait ``spend``), ``record_credit``
+    (E[credit trait | record], with ``record_default``) and ``record_ess`` (the effective
+    number of weighted points behind the draws, a check on the grids).
     """
     from scipy import stats
 
@@ -944,9 +957,84 @@ def record_posterior(
     for j, c in enumerate(CATEGORIES):
         out[f"record_purchase_{c}"] = 1 - out_none[:, j]
     out["record_margin"] = out_margin
+    if "invoices" in synthetic.tables and t1 - t0 <= min(TERMS_DAYS) + LATE_DAYS_DEFAULT:
+        out["record_default"], credit = _record_default(synthetic, ids, b2b, t0, t1)
     out["record_spend"] = spend  # E[spend scale | record]: a check of the spend posterior on its own
+    if "record_default" in out:  # E[credit trait | record]: a check of the credit posterior
+        out["record_credit"] = credit
     out["record_ess"] = out_ess
     return out
+
+
+#: points of the posterior of the credit trait, over +-6 prior standard deviations
+POSTERIOR_CREDIT_POINTS = 241
+
+
+def _record_default(
+    synthetic: SyntheticBase, ids: pd.Series, b2b: np.ndarray, t0: float, t1: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(default in [T, T+H) | record) and E[credit trait | record] per customer of ``ids``:
+    NaN without an invoice issued before T (as ``label_default``).
+
+    The credit trait drives nothing but payments (:func:`draw_traits`), so its posterior is
+    one-dimensional: the prior N(B2B_CREDIT x b2b, 1) on a grid, times the likelihood of each
+    invoice issued before T under the payment law of :func:`_invoices` (:func:`payment_offset_survival`):
+    an invoice paid before T by its offset (on time, uniformly up to half the terms early; late
+    by 1 + floor(Exp(mean)) days), an invoice unpaid at T by P(offset >= T - due). The default
+    given the trait is :func:`_default_truth`'s, for the invoices open at T; invoices issued
+    inside the horizon cannot reach 90 days past due before T + H when H <= terms + 90 days,
+    the only case computed (:func:`record_posterior` leaves the column out otherwise).
+    """
+    inv = synthetic.tables["invoices"]
+    who = _positions(inv.column("customer_id"), ids)
+    epoch = np.datetime64(START.isoformat(), "D")
+
+    def days(col: str) -> np.ndarray:
+        arr = inv.column(col).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        return np.where(np.isnat(arr), np.inf, (arr - epoch).astype(np.float64))
+
+    issue, due, paid = days("issue_date"), days("due_date"), days("paid_date")
+    keep = np.flatnonzero((who >= 0) & (issue < t0))
+    keep = keep[np.argsort(who[keep], kind="stable")]  # by customer: sums per customer by reduceat
+    who, issue, due, paid = who[keep], issue[keep], due[keep], paid[keep]
+    n = len(ids)
+    z = np.linspace(-6, 6, POSTERIOR_CREDIT_POINTS)
+    credit = np.where(b2b, B2B_CREDIT, 0.0)[:, None] + z[None, :]  # (customers, grid)
+    never, late, mean = credit_payment_law(credit)
+    terms = due - issue
+    loglik = -z[None, :] ** 2 / 2 + np.zeros((n, z.size))
+    for lo in range(0, who.size, 20_000):  # (invoices x grid) arrays of ~40 MB at a time
+        i = slice(lo, lo + 20_000)
+        # the likelihood of each invoice's record under every grid point: paid on time, paid
+        # x >= 1 days late, or unpaid at T (the offset is at least T - due)
+        paid_before = paid[i] < t0
+        x = np.where(paid_before, paid[i] - due[i], t0 - due[i])
+        c = who[i]
+        like = np.empty((c.size, z.size))
+        r = paid_before & (x <= 0)
+        like[r] = (1 - never[c[r]]) * (1 - late[c[r]]) / (np.floor(terms[i][r] / 2) + 1)[:, None]
+        r = paid_before & (x >= 1)
+        xr, m = x[r, None], mean[c[r]]
+        like[r] = (1 - never[c[r]]) * late[c[r]] * (np.exp(-(xr - 1) / m) - np.exp(-xr / m))
+        r = ~paid_before
+        like[r] = payment_offset_survival(x[r, None], terms[i][r, None], never[c[r]], late[c[r]], mean[c[r]])
+        customers, starts = np.unique(who[i], return_index=True)
+        loglik[customers] += np.add.reduceat(np.log(np.maximum(like, 1e-300)), starts, axis=0)
+    w = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    # the open invoices whose 90th day past due falls in the horizon: P(it is reached | unpaid at T)
+    crossing = due + LATE_DAYS_DEFAULT
+    open_ = (paid >= t0) & (crossing >= t0) & (crossing < t1)
+    o = who[open_]
+    o_at = (o, slice(None))
+    surv = lambda at_x: payment_offset_survival(  # noqa: E731
+        at_x, terms[open_, None], never[o_at], late[o_at], mean[o_at])
+    p_inv = surv(np.full((o.size, 1), float(LATE_DAYS_DEFAULT))) / surv((t0 - due[open_])[:, None])
+    log_ok = np.zeros((n, z.size))
+    np.add.at(log_ok, o, np.log1p(-np.clip(p_inv, 0, 1 - 1e-15)))
+    p_default = ((1 - np.exp(log_ok)) * w).sum(axis=1)
+    invoiced = np.bincount(who, minlength=n) > 0
+    return np.where(invoiced, p_default, np.nan), np.where(invoiced, (w * credit).sum(axis=1), np.nan)
 
 
 def _new_invoices_ok(g, t1, path, ci, unev_t, mc_paths) -> np.ndarray:

@@ -362,7 +362,7 @@ def join_record(truth: pd.DataFrame, record: pd.DataFrame) -> pd.DataFrame:
     """``truth`` (indexed by customer id) with the ``record_*`` columns of
     ``synthetic.record_posterior``'s frame joined in: :func:`evaluate_bundle` then measures each
     model against the best prediction from the record as well as against the truth."""
-    record = record.drop(columns=["record_ess", "record_spend"], errors="ignore")  # checks, not predictions
+    record = record.drop(columns=["record_ess", "record_spend", "record_credit"], errors="ignore")  # checks, not predictions
     record = record.assign(customer_id=record["customer_id"].astype(str))
     return truth.join(record.set_index("customer_id"), how="left")
 

@@ -48,16 +48,17 @@ def test_four_models_registered_with_champions(trained_models, champions) -> Non
 def test_each_run_is_measured_against_the_record_when_it_is_written(champions) -> None:
     """With ``_truth/record_<test as-of>_h90.parquet`` beside the truth (the fixture writes it),
     each model is measured against the best prediction from the record too. The record holds
-    less than the traits, so a model is nearer to it than to the truth. No record of defaults
-    is computed, so credit risk has none."""
-    churn, propensity, margin = (champions[k].metrics for k in (
-        ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.EXPECTED_MARGIN))
+    less than the traits, so a model is nearer to it than to the truth."""
+    churn, propensity, margin, credit = (champions[k].metrics for k in (
+        ModelKind.CHURN, ModelKind.PROPENSITY, ModelKind.EXPECTED_MARGIN, ModelKind.CREDIT_RISK))
     assert 0.95 < churn["record_auc_ratio"] < 1.03 and churn["record_auc_ratio"] > churn["oracle_auc_ratio"]
     assert propensity["record_min_auc_ratio"] > propensity["oracle_min_auc_ratio"]
     assert propensity["record_mean_auc_ratio"] > propensity["oracle_mean_auc_ratio"]
     assert 0.9 < margin["record_rmse_ratio"] < margin["oracle_rmse_ratio"]
     assert margin["record_rmse_record"] > margin["oracle_rmse_truth"]  # the truth predicts the outcomes better
-    assert not any(k.startswith("record_") for k in champions[ModelKind.CREDIT_RISK].metrics)
+    # defaults are mostly the state of the open invoices, which the record holds: the record's
+    # best is within a percent of the truth (0.984 against 0.985 here)
+    assert 0.9 < credit["record_auc_ratio"] < 1.05 and credit["record_auc_ratio"] > credit["oracle_auc_ratio"]
 
 
 def test_registered_models_load_as_mlflow_pyfunc(trained_models, champions, snapshot) -> None:
