@@ -966,6 +966,41 @@ def record_posterior(
     return out
 
 
+def _invoice_days(inv: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Issue, due and paid dates of every invoice, in days since START; never paid: inf."""
+    epoch = np.datetime64(START.isoformat(), "D")
+
+    def days(col: str) -> np.ndarray:
+        arr = inv.column(col).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        return np.where(np.isnat(arr), np.inf, (arr - epoch).astype(np.float64))
+
+    return days("issue_date"), days("due_date"), days("paid_date")
+
+
+def _open_invoices_not_defaulting(
+    who: np.ndarray, n: int, t0: float, t1: float, issue: np.ndarray, due: np.ndarray, paid: np.ndarray,
+    law: tuple[np.ndarray, ...],
+) -> np.ndarray:
+    """P(no invoice issued before T and unpaid at T reaches 90 days past due in [T, T+H)), per
+    customer (``who``: the customer of each invoice, -1 for others; ``n`` customers).
+
+    ``law`` holds each customer's payment terms (shape (n,)), and never-pay probability, late
+    share and mean days late (:func:`payment_offset_survival`) of shape (n,) or, one column per
+    point of a grid, (n, points): the result has the latter's shape."""
+    terms, never, late, mean = law
+    crossing = due + LATE_DAYS_DEFAULT
+    open_ = (who >= 0) & (issue < t0) & (paid >= t0) & (crossing >= t0) & (crossing < t1)
+    w = who[open_]
+    extra = (slice(None),) + (None,) * (never.ndim - 1)  # the invoices' values against the points
+    surv = lambda x: payment_offset_survival(  # noqa: E731
+        x[extra], terms[w][extra], never[w], late[w], mean[w])
+    # paid_date >= T  <=>  offset >= T - due: the chance of 90 days given that
+    p_inv = surv(np.full(w.size, float(LATE_DAYS_DEFAULT))) / surv(t0 - due[open_])
+    log_ok = np.zeros((n, *never.shape[1:]))
+    np.add.at(log_ok, w, np.log1p(-np.clip(p_inv, 0, 1 - 1e-15)))
+    return np.exp(log_ok)
+
+
 #: points of the posterior of the credit trait, over +-6 prior standard deviations
 POSTERIOR_CREDIT_POINTS = 241
 
@@ -987,13 +1022,7 @@ def _record_default(
     """
     inv = synthetic.tables["invoices"]
     who = _positions(inv.column("customer_id"), ids)
-    epoch = np.datetime64(START.isoformat(), "D")
-
-    def days(col: str) -> np.ndarray:
-        arr = inv.column(col).to_numpy(zero_copy_only=False).astype("datetime64[D]")
-        return np.where(np.isnat(arr), np.inf, (arr - epoch).astype(np.float64))
-
-    issue, due, paid = days("issue_date"), days("due_date"), days("paid_date")
+    issue, due, paid = _invoice_days(inv)
     keep = np.flatnonzero((who >= 0) & (issue < t0))
     keep = keep[np.argsort(who[keep], kind="stable")]  # by customer: sums per customer by reduceat
     who, issue, due, paid = who[keep], issue[keep], due[keep], paid[keep]
@@ -1022,17 +1051,10 @@ def _record_default(
         loglik[customers] += np.add.reduceat(np.log(np.maximum(like, 1e-300)), starts, axis=0)
     w = np.exp(loglik - loglik.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
-    # the open invoices whose 90th day past due falls in the horizon: P(it is reached | unpaid at T)
-    crossing = due + LATE_DAYS_DEFAULT
-    open_ = (paid >= t0) & (crossing >= t0) & (crossing < t1)
-    o = who[open_]
-    o_at = (o, slice(None))
-    surv = lambda at_x: payment_offset_survival(  # noqa: E731
-        at_x, terms[open_, None], never[o_at], late[o_at], mean[o_at])
-    p_inv = surv(np.full((o.size, 1), float(LATE_DAYS_DEFAULT))) / surv((t0 - due[open_])[:, None])
-    log_ok = np.zeros((n, z.size))
-    np.add.at(log_ok, o, np.log1p(-np.clip(p_inv, 0, 1 - 1e-15)))
-    p_default = ((1 - np.exp(log_ok)) * w).sum(axis=1)
+    customer_terms = np.zeros(n)
+    customer_terms[who] = terms
+    ok = _open_invoices_not_defaulting(who, n, t0, t1, issue, due, paid, (customer_terms, never, late, mean))
+    p_default = ((1 - ok) * w).sum(axis=1)
     invoiced = np.bincount(who, minlength=n) > 0
     return np.where(invoiced, p_default, np.nan), np.where(invoiced, (w * credit).sum(axis=1), np.nan)
 
@@ -1060,25 +1082,8 @@ def _default_truth(synthetic, known, g, t0, t1, new_ok) -> np.ndarray:
     tr = synthetic.traits.frame
     inv = synthetic.tables["invoices"]
     who = _positions(inv.column("customer_id"), tr["customer_id"].iloc[known])
-    epoch = np.datetime64(START.isoformat(), "D")
-
-    def days(col: str) -> np.ndarray:
-        arr = inv.column(col).to_numpy(zero_copy_only=False).astype("datetime64[D]")
-        return np.where(np.isnat(arr), np.inf, (arr - epoch).astype(np.float64))
-
-    issue, due, paid = days("issue_date"), days("due_date"), days("paid_date")
-    crossing = due + LATE_DAYS_DEFAULT
-    # Invoices issued before T, unpaid at T, whose 90th day past due falls in [T, T+H).
-    open_ = (who >= 0) & (issue < t0) & (paid >= t0) & (crossing >= t0) & (crossing < t1)
-    w = who[open_]
-    s = t0 - due[open_]  # paid_date >= T  <=>  offset >= T - due
-    surv = lambda x: payment_offset_survival(  # noqa: E731
-        x, g["terms_days"][w], g["never_pay"][w], g["late_share"][w], g["late_mean_days"][w]
-    )
-    p_inv = surv(np.full(w.size, float(LATE_DAYS_DEFAULT))) / surv(s)
-    log_ok = np.zeros(known.size)
-    np.add.at(log_ok, w, np.log1p(-np.clip(p_inv, 0, 1 - 1e-15)))
-    p_no_default = np.exp(log_ok) * new_ok
+    law = tuple(g[name].astype(np.float64) for name in ("terms_days", "never_pay", "late_share", "late_mean_days"))
+    p_no_default = _open_invoices_not_defaulting(who, known.size, t0, t1, *_invoice_days(inv), law) * new_ok
     return np.where(g["on_account"], 1 - p_no_default, np.nan)
 
 
