@@ -1034,19 +1034,15 @@ def _record_default(
     loglik = -z[None, :] ** 2 / 2 + np.zeros((n, z.size))
     for lo in range(0, who.size, 20_000):  # (invoices x grid) arrays of ~40 MB at a time
         i = slice(lo, lo + 20_000)
-        # the likelihood of each invoice's record under every grid point: paid on time, paid
-        # x >= 1 days late, or unpaid at T (the offset is at least T - due)
+        # the likelihood of each invoice's record under every grid point, from the one payment
+        # law: unpaid at T, P(offset >= T - due); paid before T with offset x, P(offset = x) =
+        # P(offset >= x) - P(offset >= x + 1)
         paid_before = paid[i] < t0
-        x = np.where(paid_before, paid[i] - due[i], t0 - due[i])
-        c = who[i]
-        like = np.empty((c.size, z.size))
-        r = paid_before & (x <= 0)
-        like[r] = (1 - never[c[r]]) * (1 - late[c[r]]) / (np.floor(terms[i][r] / 2) + 1)[:, None]
-        r = paid_before & (x >= 1)
-        xr, m = x[r, None], mean[c[r]]
-        like[r] = (1 - never[c[r]]) * late[c[r]] * (np.exp(-(xr - 1) / m) - np.exp(-xr / m))
-        r = ~paid_before
-        like[r] = payment_offset_survival(x[r, None], terms[i][r, None], never[c[r]], late[c[r]], mean[c[r]])
+        x = np.where(paid_before, paid[i] - due[i], t0 - due[i])[:, None]
+        c, term = who[i], terms[i][:, None]
+        like = payment_offset_survival(x, term, never[c], late[c], mean[c])
+        p = np.flatnonzero(paid_before)
+        like[p] -= payment_offset_survival(x[p] + 1, term[p], never[c[p]], late[c[p]], mean[c[p]])
         customers, starts = np.unique(who[i], return_index=True)
         loglik[customers] += np.add.reduceat(np.log(np.maximum(like, 1e-300)), starts, axis=0)
     w = np.exp(loglik - loglik.max(axis=1, keepdims=True))

@@ -97,7 +97,8 @@ def evaluate_bundle(
     ``truth`` is indexed by ``customer_id`` with the synthetic generator's columns
     (``true_churn``, ``true_purchase_<c>``, ``true_default``, ``true_margin``: ``oracle_*``
     metrics) and, when joined in (:func:`join_record`), the best prediction from the record
-    (``record_churn``, ``record_purchase_<c>``, ``record_margin``: ``record_*`` metrics).
+    (``record_churn``, ``record_purchase_<c>``, ``record_default``, ``record_margin``:
+    ``record_*`` metrics).
     """
     kind = bundle.kind
     out = Evaluation()
