@@ -21,11 +21,11 @@ when absent. Besides each figure it prints:
   the gap between the ceiling and 1 what the booster misses with full information. This is a
   diagnostic, not a model: the traits are never available to crmscore;
 * **the best prediction from the record** (``synthetic.record_posterior``): the generator
-  inverted, E[margin | record] and P(churn | record) under the traits' priors, for every test
+  inverted, E[margin], P(churn), P(purchase) and P(default) given the record under the traits' priors, for every test
   customer (~90 s on 50k). ../shared/BENCHMARKS.md asks for the ratio against it where the
   truth holds what the record cannot: no model of the record reaches the truth's RMSE, the
   posterior's is the floor one can reach. Printed beside the ratio to the truth, never instead
-  of it: margin model / record (goal <= 1.05) and record / truth, churn AUC model / record.
+  of it: margin model / record (goal <= 1.05) and record / truth, the classifiers' AUC model / record.
 
 Run: .venv/bin/python benchmarks/quality.py [--customers 50000] [--seed 1] [--work DIR] [--no-ceiling] [--no-record]
 Writes benchmarks/results/quality.json (quality-seed<N>.json for another seed).
@@ -89,8 +89,9 @@ def add_record(data, base: Path, config) -> dict:
     """Join the best prediction from the record into ``data.truth`` and measure it against the truth.
 
     ``synthetic.record_posterior`` inverts the generator: P(churn | record), P(purchase |
-    record), P(default | record) and E[margin | record] under the traits' priors. The truth conditions on the traits,
-    which the record identifies only partly, so no model of the record reaches it; the
+    record), P(default | record) and E[margin | record] under the traits' priors. The truth
+    conditions on the traits, which the record identifies only partly, so no model of the
+    record reaches it; the
     posterior is what one can reach. With its ``record_*`` columns in the truth frame, as
     ``crmscore train`` reads them from ``crmscore truth --record``, every model's evaluation
     (``jobs.evaluate_bundle``) holds its ratios to the record as well (``record_*`` metrics).
