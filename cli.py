@@ -328,7 +328,7 @@ def train(
     settings = _load_training_config(config, horizon_days=horizon_days, train_snapshots=train_snapshots)
     when = parse_date(as_of, "--as-of") if as_of else None
     try:
-        results = train_job(base, kinds, settings, test_as_of=when, engine=engine, master=master)
+        report = train_job(base, kinds, settings, test_as_of=when, engine=engine, master=master)
     except BaseNotFoundError as exc:
         raise fail(str(exc)) from None
     except BaseValidationError as exc:
@@ -340,7 +340,7 @@ def train(
     table = Table(title="Trained models (out-of-time test)")
     for column in ("model", "version", "headline", "baseline", "calibration", "vs. the truth"):
         table.add_column(column)
-    for r in results:
+    for r in report.models:
         m = r.evaluation.metrics
         if r.kind.value == "expected_margin":
             head = f"RMSE {m['rmse']:.2f}, top-20% capture {m['top20_capture']:.3f}"
@@ -362,7 +362,11 @@ def train(
         if f"record_{ratio}" in m:
             oracle += f"; {m[f'record_{ratio}']:.3f} of the record's best"
         table.add_row(r.kind.registered_name, str(r.run.version if r.run else "-"), head, base_txt, cal, oracle)
-    Console(width=max(console.width, 140)).print(table)
+    out = Console(width=max(console.width, 140))
+    out.print(table)
+    for skipped, reason in report.skipped.items():
+        out.print(f"{skipped.registered_name}: not trained: {reason} (batch scoring and the API leave its scores empty)",
+                  highlight=False)
 
 
 @app.command()
@@ -379,6 +383,9 @@ def promote(
 
     settings = _load_training_config(config)
     for d in promote_job(_kinds(kind), settings, version=version):
+        if d.challenger is None:
+            Console().print(f"{d.kind.registered_name}: [yellow]nothing to promote[/]: {d.reason}", highlight=False)
+            continue
         mark = "[green]promoted[/]" if d.promoted else "[yellow]kept[/]"
         champion = d.champion or "none"
         Console().print(f"{d.kind.registered_name}: {mark} version {d.challenger} (champion was {champion}): {d.reason}", highlight=False)

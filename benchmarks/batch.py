@@ -96,7 +96,7 @@ from crmscore.training.jobs import promote_job, train_job
 write_synthetic_base(generate_base({n}, seed={seed}), {base!r})
 config = TrainConfig(lightgbm=LightGBMSettings(num_threads=1))
 t = time.perf_counter()
-trained = train_job(Path({base!r}), list(ModelKind), config, home=Path({home!r}))
+trained = train_job(Path({base!r}), list(ModelKind), config, home=Path({home!r})).models
 promote_job(list(ModelKind), config, home=Path({home!r}))
 print(json.dumps({{"train_s": round(time.perf_counter() - t, 1),
     "trees": {{m.kind.value: m.bundle.booster.num_trees() for m in trained}}}}))

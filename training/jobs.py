@@ -63,6 +63,15 @@ class TrainedModel:
     run: tracking.RunRecord | None = None
 
 
+@dataclass
+class TrainReport:
+    """What ``crmscore train`` did: the models it trained, and the kinds it left out and why."""
+
+    models: list[TrainedModel]
+    #: requested kinds the base cannot support (credit risk without invoices), with the reason
+    skipped: dict[ModelKind, str] = field(default_factory=dict)
+
+
 # --- evaluation ----------------------------------------------------------------------------
 
 
@@ -388,16 +397,25 @@ def _compute_or_read_truth(
     return truth.set_index("customer_id")
 
 
+def missing_input(kind: ModelKind, data: TrainingData) -> str | None:
+    """Why the base cannot train ``kind``, or None. Invoices are optional in the data contract,
+    and without them there is no default to learn from: no credit-risk model, and batch scoring
+    and the API leave credit scores empty (``serving.registry.OPTIONAL_KINDS``)."""
+    if kind is ModelKind.CREDIT_RISK and SPECS[kind].label not in data.frame.columns:
+        return "the credit-risk model needs an invoices table in the base; this base has none"
+    return None
+
+
 def fit_kind(kind: ModelKind, data: TrainingData, config: TrainConfig, *, with_plots: bool = True) -> TrainedModel:
     """Fit, evaluate (test, baseline, oracle) one kind on prepared data. No MLflow."""
+    if (missing := missing_input(kind, data)) is not None:
+        raise ValueError(missing)
     train, valid, test = data.split()
     targets = propensity_targets(data.frame, data.categories) if kind is ModelKind.PROPENSITY else []
     cap = config.max_train_rows // max(1, len(targets))
     if len(train) > cap:
         logger.info("%s: training on a seeded sample of %d of %d rows (max_train_rows)", kind.value, cap, len(train))
         train = train.sample(n=cap, random_state=config.random_state).sort_index()
-    if kind is ModelKind.CREDIT_RISK and "label_default" not in data.frame.columns:
-        raise ValueError("the credit-risk model needs an invoices table in the base; this base has none")
     bundle = fit_bundle(kind, train, valid, data.features, config, targets=targets)
     baseline = None
     if kind is not ModelKind.PROPENSITY:
@@ -421,8 +439,13 @@ def train_job(
     register: bool = True,
     test_max_customers: int = TEST_MAX_CUSTOMERS,
     truth_max_customers: int = TRUTH_MAX_CUSTOMERS,
-) -> list[TrainedModel]:
+) -> TrainReport:
     """``crmscore train``: fit each kind, log and register it in MLflow.
+
+    A kind the base cannot support (:func:`missing_input`: credit risk without invoices) is
+    left out with a warning when other kinds were asked for too (``--kind all`` on a base
+    without invoices trains the other three), and is an error, raised before anything is
+    fitted or registered, when it is all that was asked for.
 
     The customer samples of large bases (:func:`prepare_training_data`) are logged with every
     run: params ``train_customers``, ``test_customers``, ``truth_customers``, ``sample_seed``,
@@ -430,6 +453,12 @@ def train_job(
     """
     data = prepare_training_data(base_path, config, test_as_of=test_as_of, engine=engine, master=master,
                                  test_max_customers=test_max_customers, truth_max_customers=truth_max_customers)
+    skipped = {kind: reason for kind in kinds if (reason := missing_input(kind, data)) is not None}
+    if skipped and len(skipped) == len(kinds):
+        raise ValueError("; ".join(skipped.values()))
+    for kind, reason in skipped.items():
+        logger.warning("%s not trained: %s", kind.registered_name, reason)
+    kinds = [kind for kind in kinds if kind not in skipped]
     tracking.setup_tracking(home)
     identity = {
         "crmscore.data.base": str(Path(base_path).resolve()),
@@ -477,7 +506,7 @@ def train_job(
         )
         _close(model.evaluation.figures)
         results.append(model)
-    return results
+    return TrainReport(results, skipped)
 
 
 def _close(figures: dict[str, Any]) -> None:

@@ -143,7 +143,7 @@ def test_the_run_logs_its_samples_and_is_measured_on_the_logged_test(base_path, 
 
     from crmscore.training import tracking
 
-    [model] = train_job(base_path, [ModelKind.CHURN], CONFIG, home=mlflow_home, register=False, **CAPS)
+    [model] = train_job(base_path, [ModelKind.CHURN], CONFIG, home=mlflow_home, register=False, **CAPS).models
     run = mlflow.get_run(model.run.run_id)
     params, tags = run.data.params, run.data.tags
     assert params["train_customers"] == str(len(sampled.samples["train"]))

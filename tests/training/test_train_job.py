@@ -128,9 +128,73 @@ def test_promotion_refuses_a_worse_model(trained_models) -> None:
     before = tracking.champion_version(ModelKind.CHURN)
     weak = TrainConfig(train_snapshots=2, lightgbm=LightGBMSettings(max_rounds=1, num_leaves=2, learning_rate=0.01))
     weak = weak.model_copy(update={"auc_tolerance": 0.0})
-    [model] = train_job(trained_models.base_path, [ModelKind.CHURN], weak, home=trained_models.home)
+    [model] = train_job(trained_models.base_path, [ModelKind.CHURN], weak, home=trained_models.home).models
     [decision] = promote_job([ModelKind.CHURN], weak, home=trained_models.home)
     assert decision.challenger == model.run.version
     assert not decision.promoted, decision.reason
     assert "worse than the champion" in decision.reason
     assert tracking.champion_version(ModelKind.CHURN) == before
+
+
+@pytest.fixture
+def own_registry(tmp_path, monkeypatch):
+    """An empty tracking and registry file for one test; MLflow points back at the session's after it."""
+    import mlflow
+
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # both: MLflow's set_registry_uri exports MLFLOW_REGISTRY_URI, so the session's is in the environment
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(variable, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("CRMSCORE_HOME", str(tmp_path))
+    yield tmp_path
+    mlflow.set_tracking_uri(saved[0])
+    mlflow.set_registry_uri(saved[1])
+
+
+def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model(own_registry, tmp_path) -> None:
+    """Invoices are optional in the data contract. `train --kind all` then trains the other three
+    models and says why credit risk is left out (it used to stop at credit risk, after registering
+    two models and before expected margin); `promote` promotes them, and batch scoring leaves the
+    credit scores empty. Asking for credit risk alone is an error before anything is registered."""
+    import shutil
+
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from crmscore.cli import app
+    from crmscore.features.pipeline import build_snapshot
+    from crmscore.features.synthetic import generate_base, write_synthetic_base
+    from crmscore.serving.batch.job import load_champions
+    from crmscore.serving.scoring import score_matrix
+
+    synthetic = generate_base(1_500, seed=5)
+    base = tmp_path / "base"
+    write_synthetic_base(synthetic, base)
+    (base / "invoices.parquet").unlink()
+    shutil.rmtree(base / "_truth")  # a company's own base: no synthetic truth either
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--base", str(base), "--kind", "all", "--train-snapshots", "3"])
+    assert result.exit_code == 0, result.output
+    assert "crm-credit-risk: not trained: the credit-risk model needs an invoices table" in " ".join(result.output.split())
+    client = MlflowClient()
+    registered = {m.name for m in client.search_registered_models()}
+    assert registered == {"crm-churn", "crm-propensity", "crm-expected-margin"}
+
+    result = runner.invoke(app, ["promote", "--kind", "all"])
+    assert result.exit_code == 0, result.output
+    assert "crm-credit-risk: nothing to promote" in " ".join(result.output.split())
+    models = load_champions()
+    assert ModelKind.CREDIT_RISK not in models.bundles and len(models.bundles) == 3
+
+    tables = {name: t for name, t in synthetic.tables.items() if name != "invoices"}
+    snapshot = build_snapshot(type(synthetic)(tables, synthetic.traits).to_base(), pd.Timestamp("2025-01-01").date(),
+                              90, with_labels=False)
+    scores = score_matrix(models, models.encode(snapshot), num_threads=1)
+    assert np.isnan(scores["default_prob"]).all() and np.isfinite(scores["churn_prob"]).all()
+    assert np.isfinite(scores["clv"]).all()
+
+    versions = len(client.search_model_versions())
+    result = runner.invoke(app, ["train", "--base", str(base), "--kind", "credit_risk", "--train-snapshots", "3"])
+    assert result.exit_code != 0
+    assert "needs an invoices table" in " ".join(result.output.split())
+    assert len(client.search_model_versions()) == versions
