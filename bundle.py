@@ -143,6 +143,18 @@ class Calibrator:
         return sigmoid(raw)
 
 
+def _readable(value: float | str | None) -> str:
+    """A reason's value in its text, for people: "= 25" (not 25.0), "= 5.77", "= 2,073.73",
+    "= 0.125", "= B2B", or "is missing". The reason's ``value`` field keeps the number."""
+    if value is None:
+        return "is missing"
+    if isinstance(value, str):
+        return f"= {value}"
+    if float(value).is_integer():
+        return f"= {value:,.0f}"
+    return f"= {value:,.2f}" if abs(value) >= 1 else f"= {value:.3g}"
+
+
 def _beta_features(raw: np.ndarray) -> np.ndarray:
     """``ln q`` and ``-ln(1 - q)`` of ``q = sigmoid(raw)``, computed without overflow."""
     return np.column_stack([-np.logaddexp(0.0, -raw), np.logaddexp(0.0, raw)])
@@ -595,7 +607,7 @@ class ModelBundle:
                 desc = self.descriptions.get(name, name.replace("_", " ")).split(";")[0]
                 verb = "raises" if c > 0 else "lowers"
                 row.append(Reason(self.reason_code(name, direction), name, direction, c, value,
-                                  f"{desc} = {value}: {verb} {noun}"))
+                                  f"{desc} {_readable(value)}: {verb} {noun}"))
             out.append(row)
         return out
 

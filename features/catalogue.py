@@ -55,6 +55,20 @@ class FeatureSpec:
         if self.dtype not in DTYPES:  # a programming error, caught by the test suite
             raise ValueError(f"dtype of {self.name!r} must be one of {DTYPES}; got {self.dtype!r}")
 
+    @property
+    def phrase(self) -> str:
+        """The meaning's first clause, with the window when the clause does not state it: what a
+        reason code's text names. The windows of one measure share their meaning ("Number of
+        distinct orders" over 30, 90, 365 days and to date), and a CRM user reading two reasons
+        side by side must tell them apart: "Number of distinct orders in the last 90 days"."""
+        clause = self.meaning.split(";")[0]
+        trailing = re.fullmatch(r"\[T-(\d+)d, T\)", self.window)
+        if trailing and not re.search(r"\d+(d\b|-day| days)", clause):  # "365-day revenue", "margin_365d"
+            return f"{clause} in the last {trailing.group(1)} days"
+        if self.window == "before T" and "lifetime" in self.name and "lifetime" not in clause:
+            return f"{clause} to date"
+        return clause
+
 
 def render_markdown(specs: Iterable[FeatureSpec], *, title: str = "Feature catalogue") -> str:
     """Render specs as one Markdown table per family, in the order given.

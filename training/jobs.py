@@ -329,7 +329,7 @@ def prepare_training_data(
         frame = build_training_frame(base, [*train_dates, test_date], **build)
     categories = list(base_categories(base))
     del base, customers  # the base is the largest object alive; the truth reads its own copy
-    descriptions = {s.name: s.meaning for s in catalogue_specs(categories)}
+    descriptions = {s.name: s.phrase for s in catalogue_specs(categories)}
     descriptions.update({
         "target_category": "Product category scored",
         "target_revenue_share_365d": "Share of 365-day revenue in the scored category",
@@ -554,7 +554,10 @@ def promote_job(
     for kind in kinds:
         challenger = version or tracking.latest_version(kind)
         if challenger is None:
-            decisions.append(PromotionDecision(kind, None, None, False, f"no registered version of {kind.registered_name}; run `crmscore train` first"))
+            reason = f"no registered version of {kind.registered_name}; `crmscore train` registers one"
+            if kind is ModelKind.CREDIT_RISK:
+                reason += " from a base with invoices"
+            decisions.append(PromotionDecision(kind, None, None, False, reason))
             continue
         champion = tracking.champion_version(kind)
         if champion is None:

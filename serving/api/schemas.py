@@ -23,7 +23,7 @@ REASON_EXAMPLE: dict[str, Any] = {
     "direction": "up",
     "contribution": 0.84,
     "value": 121.0,
-    "text": "Recency: days from the last order to T = 121.0: raises churn risk",
+    "text": "Recency: days from the last order to T = 121: raises churn risk",
 }
 ACTION_EXAMPLE: dict[str, Any] = {
     "code": "retention_offer",

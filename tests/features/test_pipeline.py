@@ -13,6 +13,7 @@ from crmscore.features.io import Base
 from crmscore.features.pipeline import (
     build_snapshot,
     build_training_frame,
+    catalogue_specs,
     monthly_as_of_dates,
     observed_period,
     render_catalogue,
@@ -218,6 +219,21 @@ def test_docs_hold_the_generated_catalogue() -> None:
         "python -c 'from crmscore.features.pipeline import render_catalogue as r; "
         "open(\"docs/features.md\", \"w\").write(r())'"
     )
+
+
+def test_no_two_features_read_alike_in_a_reason() -> None:
+    """A reason code's text names its feature by the spec's phrase: the windows of one measure
+    must read apart ("Number of distinct orders" was the text of four features)."""
+    from collections import Counter
+
+    specs = catalogue_specs(["books", "home & garden"])
+    phrases = Counter(s.phrase for s in specs)
+    assert not [p for p, n in phrases.items() if n > 1]
+    phrase = {s.name: s.phrase for s in specs}
+    assert phrase["order_count_90d"] == "Number of distinct orders in the last 90 days"
+    assert phrase["order_count_lifetime"] == "Number of distinct orders to date"
+    assert phrase["revenue_share_365d_books"] == "Share of 365-day revenue in category 'books'"  # says it already
+    assert phrase["days_since_last_purchase"] == "Recency: days from the last order to T"
 
 
 # --- real data: CDNOW ------------------------------------------------------------------------------

@@ -118,6 +118,25 @@ def test_contributions_sum_to_the_raw_score_and_reasons_are_stable() -> None:
     assert ("raises churn risk" in first.text) == (first.contribution > 0)
 
 
+def test_reason_texts_read_for_people() -> None:
+    """The text shows a whole number as one ("= 25", not "= 25.0"), others to two decimals (three
+    significant digits below 1), a level by name, and a missing value as missing; the ``value``
+    field keeps the number."""
+    bundle, frame = small_bundle()
+    bundle.descriptions = {"x": "Orders in the last 90 days", "segment": "Customer segment"}
+    frame = pd.DataFrame({"x": [25.0, 5.76861, 2073.734, 0.1254, np.nan], "segment": ["B2B", "B2C", None, "B2B", "B2C"]})
+    reasons = bundle.reasons(bundle.encode(frame), top=2)
+    text = {(i, r.feature): r.text.rsplit(":", 1)[0] for i, row in enumerate(reasons) for r in row}
+    assert text[0, "x"] == "Orders in the last 90 days = 25"
+    assert text[1, "x"] == "Orders in the last 90 days = 5.77"
+    assert text[2, "x"] == "Orders in the last 90 days = 2,073.73"
+    assert text[3, "x"] == "Orders in the last 90 days = 0.125"
+    assert text[4, "x"] == "Orders in the last 90 days is missing"
+    assert text[0, "segment"] == "Customer segment = B2B"
+    assert text[2, "segment"] == "Customer segment is missing"
+    assert [r.value for r in reasons[1] if r.feature == "x"] == [5.7686]
+
+
 def test_save_load_round_trip(tmp_path) -> None:
     bundle, frame = small_bundle(ModelKind.CREDIT_RISK)
     bundle.scorecard = ScorecardConfig()
