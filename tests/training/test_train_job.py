@@ -157,15 +157,19 @@ def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model
     two models and before expected margin); `promote` promotes them, and batch scoring leaves the
     credit scores empty. Asking for credit risk alone is an error before anything is registered."""
     import shutil
+    from datetime import date
 
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
     from crmscore.cli import app
+    from crmscore.features.io import write_snapshot
     from crmscore.features.pipeline import build_snapshot
     from crmscore.features.synthetic import generate_base, write_synthetic_base
     from crmscore.serving.batch.job import load_champions
+    from crmscore.serving.registry import load_serving_bundle
     from crmscore.serving.scoring import score_matrix
+    from crmscore.serving.settings import ServingSettings
 
     synthetic = generate_base(1_500, seed=5)
     base = tmp_path / "base"
@@ -187,11 +191,17 @@ def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model
     assert ModelKind.CREDIT_RISK not in models.bundles and len(models.bundles) == 3
 
     tables = {name: t for name, t in synthetic.tables.items() if name != "invoices"}
-    snapshot = build_snapshot(type(synthetic)(tables, synthetic.traits).to_base(), pd.Timestamp("2025-01-01").date(),
-                              90, with_labels=False)
+    snapshot = build_snapshot(type(synthetic)(tables, synthetic.traits).to_base(), date(2025, 1, 1), 90, with_labels=False)
     scores = score_matrix(models, models.encode(snapshot), num_threads=1)
     assert np.isnan(scores["default_prob"]).all() and np.isfinite(scores["churn_prob"]).all()
     assert np.isfinite(scores["clv"]).all()
+    # what the API serves: the bundle loads without a credit model, which each customer lacks
+    snapshot_path = tmp_path / "snapshot.parquet"
+    write_snapshot(snapshot, date(2025, 1, 1), snapshot_path)
+    served = load_serving_bundle(ServingSettings(home=tmp_path, snapshot_path=snapshot_path))
+    assert served.versions["credit_risk"] is None and served.versions["churn"] == "1"
+    record = served.scored.record(served.row_of(str(snapshot["customer_id"].iloc[0])))
+    assert record["default_prob"] is None and "credit" in record["missing_components"]
 
     versions = len(client.search_model_versions())
     result = runner.invoke(app, ["train", "--base", str(base), "--kind", "credit_risk", "--train-snapshots", "3"])
