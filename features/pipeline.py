@@ -407,6 +407,8 @@ two times counts as two purchases). Columns marked *needs* are absent from snaps
 without that optional table. `<category>` stands for each product category of the base, in
 column-name form (lower case, other characters `_`). Extra customer columns are passed
 through: text as categoricals, numbers and booleans as float64, dates as `days_since_<column>`.
+Text whose every value is a number, `true`/`false` or an ISO date counts as one (every CSV
+column is text), so a base gives the same snapshot in CSV as in Parquet.
 
 ## How to build one
 

@@ -92,7 +92,9 @@ CUSTOMERS = Table(
     time_column="signup_date",
     allows_extra=True,
     references_customers=False,
-    notes=("Any further column is an optional customer attribute and is kept as is.",),
+    notes=("Any further column is an optional customer attribute, a feature: text (a category), a number, "
+           "true/false or a date. Text whose every value is a number, true/false or an ISO date is read "
+           "as one, as every column of a CSV is text.",),
 )
 
 TRANSACTIONS = Table(

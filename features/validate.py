@@ -537,7 +537,7 @@ def _coerce(table: Table, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[_Findin
     extra = [c for c in raw.columns if c not in typed and c not in table.column_names]
     if extra and table.allows_extra:
         for name in extra:
-            typed[name] = raw[name]
+            typed[name] = _read_attribute(raw[name])
     elif extra:
         logger.warning(
             "%s: ignoring column(s) %s not in the contract (expected only %s)",
@@ -546,6 +546,39 @@ def _coerce(table: Table, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[_Findin
             ", ".join(table.column_names),
         )
     return pd.DataFrame(typed, index=raw.index, copy=False), findings
+
+
+def _read_attribute(s: pd.Series) -> pd.Series:
+    """An extra customer column, as the features will read it. Text (every CSV column is text)
+    whose every value is a number is numbers, ``true``/``false`` (any case) booleans (as 1.0 /
+    0.0, the features' encoding), an ISO date or timestamp dates; other text stays text, a
+    category. So a customer's age is a number and a contract end date becomes
+    ``days_since_<column>`` whether the base is CSV or Parquet. Columns of another type (Parquet
+    numbers, dates, categoricals) are kept as they are, and so are its booleans and dates with
+    missing cells, which pandas reads as Python objects; missing cells stay missing."""
+    if isinstance(s.dtype, pd.CategoricalDtype) or not _is_text_like(s.dtype):
+        return s
+    if not _is_text(s):  # Python objects: Parquet's booleans and dates with missing values come so
+        values = s.dropna()
+        if values.map(lambda v: isinstance(v, bool | np.bool_)).all():
+            return s.map(lambda v: float(v) if isinstance(v, bool | np.bool_) else np.nan).astype("float64")
+        if values.map(lambda v: isinstance(v, date)).all():  # datetime is a date too
+            return _parse_datetimes(s)
+        return s
+    text = s.astype(TEXT_DTYPE).str.strip()
+    present = text.notna().to_numpy()
+    if not present.any():
+        return s
+    numbers = pd.to_numeric(text.astype(object), errors="coerce").astype("float64")
+    if numbers[present].notna().all():
+        return numbers
+    lowered = text.str.lower()
+    if lowered[present].isin(("true", "false")).all():
+        return lowered.map({"true": 1.0, "false": 0.0}).astype("float64")
+    dates = _parse_datetimes(text)
+    if dates[present].notna().all():
+        return dates
+    return s
 
 
 def _run_pandera(
