@@ -493,6 +493,8 @@ def score(
         try:
             result = score_base(features_file, out, policy=loaded_policy, engine=engine, master=master,
                                 chunk_rows=chunk_rows, reasons=reasons, workers=workers, progress=progress)
+        except KeyError as exc:  # the snapshot lacks features the models read (str() would quote it)
+            raise fail(exc.args[0] if exc.args else str(exc), EXIT_INVALID_DATA) from None
         except (FileNotFoundError, LookupError, ValueError) as exc:
             raise fail(str(exc)) from None
         except BatchError as exc:

@@ -9,7 +9,9 @@
   capabilities that let root ignore file modes): the same, naming that folder (not the hidden
   work folder inside it) and the underlying error; on Spark too, both when the engine's
   check up front finds it and when the folder turns read-only during Spark's own write (in the
-  JVM, as a disk filling there would fail): Java's words for it, no Python traceback.
+  JVM, as a disk filling there would fail): Java's words for it, no Python traceback;
+* a snapshot the champions cannot read (another base's columns): an error naming the missing
+  features, exit code 1 (input that fails its contract) and no output.
 """
 
 from __future__ import annotations
@@ -233,3 +235,25 @@ def test_a_failure_in_sparks_own_write_is_a_clear_error_with_no_partial_output(t
     assert named.replace(" ", "") in message, done.stderr[-3000:]
     assert f"nothing was written to {out}".replace(" ", "") in message, done.stderr[-3000:]
     assert list(folder.iterdir()) == []  # Spark's temporary output is gone too
+
+
+def test_a_snapshot_the_champions_cannot_read_is_a_clear_error(trained_models: Any, tmp_path: Path) -> None:
+    """A snapshot of another base (other product categories, no interactions) lacks features the
+    champions read: the error names them, without the quotes of a KeyError's repr, and nothing
+    is written."""
+    import pyarrow as pa
+
+    table = pq.read_table(trained_models.snapshot_path)
+    dropped = [c for c in table.column_names if c.startswith("line_count_365d_")][:1] + ["complaint_count_90d"]
+    snapshot = tmp_path / "other.parquet"
+    pq.write_table(pa.Table.from_pandas(table.to_pandas().drop(columns=dropped), preserve_index=False)
+                   .replace_schema_metadata(table.schema.metadata), snapshot)
+    out = tmp_path / "scores.parquet"
+    command = _command(trained_models, out)
+    command[command.index("--features") + 1] = str(snapshot)
+    done = subprocess.run(command, env=_env(trained_models), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    message = " ".join(done.stderr.split())
+    assert f"error: snapshot lacks features the models read: {', '.join(dropped)}" in message, message[-1000:]
+    assert not out.exists()
