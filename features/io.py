@@ -5,6 +5,10 @@ Everything here moves bytes; checking them against the contract is ``validate.py
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import logging
+import lzma
 import os
 import tempfile
 from collections.abc import Callable
@@ -16,6 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crmscore.features.schema import FILE_SUFFIXES, TABLES
+
+logger = logging.getLogger(__name__)
+
+#: compressed files ``read_csv`` reads by their suffix, and how to open them as text
+DECOMPRESS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 ARROW_STRINGS = {
     pa.string(): pd.StringDtype("pyarrow"),
@@ -39,6 +48,20 @@ def find_table_file(base_path: Path, table: str) -> Path | None:
     return None
 
 
+def csv_format(path: Path) -> dict[str, str]:
+    """``read_csv`` options for the file's separator: the one its header line holds most of.
+
+    Spreadsheets in locales with a decimal comma export with ``;`` and write ``1,5``: read with
+    ``,`` such a file is one column whose name is the whole header. The header decides, as it
+    holds no numbers; a column name with a comma in it does not outvote the separators.
+    """
+    opener = DECOMPRESS.get(Path(path).suffix.lower(), open)
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    sep = max((",", ";", "\t", "|"), key=header.count)  # ties (none in the header): ","
+    return {"sep": sep, "decimal": "," if sep == ";" else "."}
+
+
 def read_table_raw(path: Path) -> pd.DataFrame:
     """Read one table file as it is, without coercing types.
 
@@ -50,7 +73,14 @@ def read_table_raw(path: Path) -> pd.DataFrame:
         # Text comes back Arrow-backed, the dtype the rest of the package works with.
         return pq.read_table(path).to_pandas(types_mapper=ARROW_STRINGS.get)
     if path.suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        # the separator the header holds most of (a spreadsheet in a decimal-comma locale writes
+        # ";"), and Excel's Windows-1252 when the file is not UTF-8, as fit-table reads them
+        options = {"dtype": str, "keep_default_na": False, "na_values": [""], "sep": csv_format(path)["sep"]}
+        try:
+            return pd.read_csv(path, **options)
+        except UnicodeDecodeError:
+            logger.warning("%s is not UTF-8; read as Windows-1252", path)
+            return pd.read_csv(path, encoding="cp1252", encoding_errors="replace", **options)
     raise ValueError(f"unsupported table file {path}: expected one of {', '.join(FILE_SUFFIXES)}")
 
 

@@ -10,11 +10,8 @@ a table of other features cannot serve the CRM, so it never competes for ``champ
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
 import logging
-import lzma
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from crmscore.bundle import ModelBundle, ModelKind
+from crmscore.features.io import DECOMPRESS, csv_format
 from crmscore.training import evaluate as ev
 from crmscore.training.config import LightGBMSettings, TrainConfig
 from crmscore.training.train import (
@@ -50,9 +48,6 @@ class TableError(ValueError):
 
 
 #: compressed CSVs (``.csv.gz``, ...): how to open one as text; read_csv infers the same from the name
-_DECOMPRESS: dict[str, Any] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-
-
 def read_table(path: Path, role: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
@@ -62,7 +57,7 @@ def read_table(path: Path, role: str) -> pd.DataFrame:
         return pd.read_parquet(path)
     if suffix == ".zip":
         return _read_zip(path, role)
-    if suffix in _DECOMPRESS and len(path.suffixes) > 1:  # read_csv decompresses by the name, too
+    if suffix in DECOMPRESS and len(path.suffixes) > 1:  # read_csv decompresses by the name, too
         suffix = path.suffixes[-2].lower()
     if suffix in (".csv", ".txt", ".tsv"):
         options = csv_format(path)
@@ -102,20 +97,6 @@ def _read_zip(path: Path, role: str) -> pd.DataFrame:
             with archive.open(tables[0]) as src, open(inner, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             return read_table(inner, f"{role} ({path.name})")
-
-
-def csv_format(path: Path) -> dict[str, str]:
-    """``read_csv`` options for the file's separator: the one its header line holds most of.
-
-    Spreadsheets in locales with a decimal comma export with ``;`` and write ``1,5``: read with
-    ``,`` such a file is one column whose name is the whole header. The header decides, as it
-    holds no numbers; a column name with a comma in it does not outvote the separators.
-    """
-    opener = _DECOMPRESS.get(Path(path).suffix.lower(), open)
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        header = f.readline()
-    sep = max((",", ";", "\t", "|"), key=header.count)  # ties (none in the header): ","
-    return {"sep": sep, "decimal": "," if sep == ";" else "."}
 
 
 #: text cells that mean "no value": what ``pandas.read_csv`` reads as missing by default (so a

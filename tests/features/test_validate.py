@@ -198,6 +198,24 @@ def test_valid_base_is_ok_with_typed_frames(tmp_path: Path, fmt: str) -> None:
     assert "Result: valid." in result.render()
 
 
+def test_a_semicolon_windows_1252_csv_base_reads_like_a_comma_utf8_one(tmp_path: Path) -> None:
+    """Excel in a decimal-comma locale saves CSV with ";" in the Windows code page: such a base
+    used to be one column per table ("column missing" for every column of the contract)."""
+    tables = valid_tables()
+    tables["customers"]["region"] = ["München", "Île-de-France", "North", "East"]
+    plain = load_base(write_base(tmp_path / "plain", tables, "csv"), as_of=AS_OF)
+    excel = tmp_path / "excel"
+    excel.mkdir()
+    for name, df in tables.items():
+        df.to_csv(excel / f"{name}.csv", index=False, sep=";", encoding="cp1252")
+    with pytest.raises(UnicodeDecodeError):  # the premise: not UTF-8
+        (excel / "customers.csv").read_text(encoding="utf-8")
+    read = load_base(excel, as_of=AS_OF)
+    for name, df in plain.tables().items():
+        pd.testing.assert_frame_equal(read.tables()[name], df, obj=name)
+    assert read.customers["region"].tolist()[:2] == ["München", "Île-de-France"]
+
+
 def test_customer_attributes_read_alike_from_csv_and_parquet(tmp_path: Path) -> None:
     """Every CSV column is text: an attribute whose every value is a number, true/false or an
     ISO date is read as one, so the snapshot of a base is the same in either format (an age
