@@ -145,14 +145,15 @@ class Calibrator:
 
 def _readable(value: float | str | None) -> str:
     """A reason's value in its text, for people: "= 25" (not 25.0), "= 5.77", "= 2,073.73",
-    "= 0.125", "= B2B", or "is missing". The reason's ``value`` field keeps the number."""
+    "= 846" (845.9987 days), "= 0.125", "= B2B", or "is missing". The reason's ``value``
+    field keeps the number."""
     if value is None:
         return "is missing"
     if isinstance(value, str):
         return f"= {value}"
-    if float(value).is_integer():
-        return f"= {value:,.0f}"
-    return f"= {value:,.2f}" if abs(value) >= 1 else f"= {value:.3g}"
+    if abs(value) < 1:
+        return f"= {value:.3g}"
+    return "= " + f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def _beta_features(raw: np.ndarray) -> np.ndarray:

@@ -119,12 +119,13 @@ def test_contributions_sum_to_the_raw_score_and_reasons_are_stable() -> None:
 
 
 def test_reason_texts_read_for_people() -> None:
-    """The text shows a whole number as one ("= 25", not "= 25.0"), others to two decimals (three
-    significant digits below 1), a level by name, and a missing value as missing; the ``value``
-    field keeps the number."""
+    """The text shows a number to two decimals without trailing zeros ("= 25", not "= 25.0";
+    "= 846" for 845.9987 days), three significant digits below 1, a level by name, and a
+    missing value as missing; the ``value`` field keeps the number."""
     bundle, frame = small_bundle()
     bundle.descriptions = {"x": "Orders in the last 90 days", "segment": "Customer segment"}
-    frame = pd.DataFrame({"x": [25.0, 5.76861, 2073.734, 0.1254, np.nan], "segment": ["B2B", "B2C", None, "B2B", "B2C"]})
+    frame = pd.DataFrame({"x": [25.0, 5.76861, 2073.734, 0.1254, np.nan, 845.9987, 0.0],
+                          "segment": ["B2B", "B2C", None, "B2B", "B2C", "B2C", "B2B"]})
     reasons = bundle.reasons(bundle.encode(frame), top=2)
     text = {(i, r.feature): r.text.rsplit(":", 1)[0] for i, row in enumerate(reasons) for r in row}
     assert text[0, "x"] == "Orders in the last 90 days = 25"
@@ -132,6 +133,8 @@ def test_reason_texts_read_for_people() -> None:
     assert text[2, "x"] == "Orders in the last 90 days = 2,073.73"
     assert text[3, "x"] == "Orders in the last 90 days = 0.125"
     assert text[4, "x"] == "Orders in the last 90 days is missing"
+    assert text[5, "x"] == "Orders in the last 90 days = 846"
+    assert text[6, "x"] == "Orders in the last 90 days = 0"
     assert text[0, "segment"] == "Customer segment = B2B"
     assert text[2, "segment"] == "Customer segment is missing"
     assert [r.value for r in reasons[1] if r.feature == "x"] == [5.7686]
