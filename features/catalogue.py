@@ -9,6 +9,7 @@ the catalogue's, in the catalogue's order, so the documentation cannot drift fro
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -101,8 +102,18 @@ def render_markdown(specs: Iterable[FeatureSpec], *, title: str = "Feature catal
     return "\n".join(lines)
 
 
+def _plain_letter(ch: str) -> str:
+    """A Latin letter without its accent (``é`` -> ``e``, ``ü`` -> ``u``); other characters as
+    they are (``ß``, ``本``, ``ゲ``: their decomposition is no plain letter, or not Latin)."""
+    base = unicodedata.normalize("NFKD", ch)[:1]
+    return base if base.isascii() and base.isalpha() else ch
+
+
 def category_slugs(categories: Iterable[str]) -> list[str]:
-    """Column-name forms of product categories: lower case, runs of other characters -> ``_``.
+    """Column-name forms of product categories: lower case, accents off Latin letters, runs of
+    other characters (punctuation, spaces, ``_``) -> ``_``. Letters of other scripts stay
+    (``本``), as LightGBM, Parquet and Spark take them in names; before, every non-ASCII
+    letter was dropped, so ``Bücher`` read ``b_cher`` and two Japanese categories collided.
 
     Raises
     ------
@@ -112,7 +123,8 @@ def category_slugs(categories: Iterable[str]) -> list[str]:
     slugs: list[str] = []
     seen: dict[str, str] = {}
     for category in categories:
-        slug = re.sub(r"[^0-9a-z]+", "_", str(category).lower()).strip("_") or "blank"
+        text = "".join(map(_plain_letter, str(category))).lower()
+        slug = re.sub(r"[\W_]+", "_", text).strip("_") or "blank"
         if slug in seen:
             raise ValueError(
                 f"product categories {seen[slug]!r} and {category!r} both give the column "

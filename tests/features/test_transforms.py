@@ -291,6 +291,26 @@ def test_category_names_become_column_names() -> None:
     assert str(err.value) == (
         "product categories 'Home' and 'home' both give the column name 'home'; rename one of them in the base"
     )
+    # accents come off Latin letters; other scripts stay (they had all been dropped: "Bücher"
+    # read "b_cher", and any two Japanese categories collided as "blank")
+    assert category_slugs(["Électronique", "Bücher", "本", "家電 & ゲーム", "Straße", "a__b"]) == [
+        "electronique", "bucher", "本", "家電_ゲーム", "straße", "a_b"]
+
+
+def test_categories_of_any_script_give_the_same_features() -> None:
+    """A base whose categories are written in German and Japanese computes what the English one
+    does, under their column names."""
+    base = hand_base()
+    names = {"books": "Bücher", "home": "本", "electronics": "家電 & ゲーム"}
+    english = compute_features(base.tables(), AS_OF, HORIZON, ["books", "home", "electronics"], with_labels=True)
+    tables = base.tables()
+    tables["transactions"] = tables["transactions"].assign(
+        product_category=tables["transactions"]["product_category"].astype(object).replace(names).astype(S))
+    other = compute_features(tables, AS_OF, HORIZON, list(names.values()), with_labels=True)
+    renamed = {c: c.replace("_books", "_bücher").replace("_home", "_本").replace("_electronics", "_家電_ゲーム")
+               for c in english.columns}
+    renamed = {c: n.replace("bücher", "bucher") for c, n in renamed.items()}
+    pd.testing.assert_frame_equal(other, english.rename(columns=renamed))
 
 
 def test_empty_chunk() -> None:
