@@ -228,6 +228,15 @@ def datasets_cdnow(
 # --- features -----------------------------------------------------------------------------
 
 
+SetAsideOption = Annotated[
+    bool,
+    typer.Option("--set-aside-rejects",
+                 help="Go on with the rows that pass the data contract; the rejected ones and the report go to "
+                      "BASE/_validation (as `crmscore validate` writes them). A missing table or column, or a "
+                      "table whose every row fails, still stops."),
+]
+
+
 @app.command()
 def features(
     base: Annotated[Path, typer.Option("--base", help="Folder of the base (Parquet or CSV).")],
@@ -240,6 +249,7 @@ def features(
         bool | None, typer.Option("--labels/--no-labels", help="Add labels (default: when the horizon is observed).")
     ] = None,
     catalogue: Annotated[bool, typer.Option("--catalogue", help="Print the feature catalogue and exit.")] = False,
+    set_aside_rejects: SetAsideOption = False,
 ) -> None:
     """Build a point-in-time feature snapshot: one row per customer known at --as-of.
 
@@ -255,12 +265,13 @@ def features(
         return
     when = parse_date(as_of, "--as-of")
     try:
-        loaded = load_base(base)
+        loaded = load_base(base, set_aside_rejects=set_aside_rejects)
         snapshot = build_snapshot(loaded, when, horizon_days, engine=engine, master=master, with_labels=labels)
     except BaseNotFoundError as exc:
         raise fail(str(exc)) from None
     except BaseValidationError as exc:
-        raise fail(f"{base} fails the data contract; run `crmscore validate --base {base}` for the report:\n{exc}", EXIT_INVALID_DATA) from None
+        raise fail(f"{base} fails the data contract; run `crmscore validate --base {base}` for the report "
+                   f"(or --set-aside-rejects to go on without the rejected rows):\n{exc}", EXIT_INVALID_DATA) from None
     except ValueError as exc:
         raise fail(str(exc)) from None
     write_snapshot(snapshot, when, out)
@@ -313,6 +324,7 @@ def train(
     engine: Annotated[str, typer.Option("--engine", help="Feature engine: local or spark.")] = "local",
     master: Annotated[str | None, typer.Option("--master", help="Spark master URL.")] = None,
     config: ConfigOption = None,
+    set_aside_rejects: SetAsideOption = False,
 ) -> None:
     """Train, evaluate and register models in MLflow (experiments and models crm-<kind>).
 
@@ -328,7 +340,8 @@ def train(
     settings = _load_training_config(config, horizon_days=horizon_days, train_snapshots=train_snapshots)
     when = parse_date(as_of, "--as-of") if as_of else None
     try:
-        report = train_job(base, kinds, settings, test_as_of=when, engine=engine, master=master)
+        report = train_job(base, kinds, settings, test_as_of=when, engine=engine, master=master,
+                           set_aside_rejects=set_aside_rejects)
     except BaseNotFoundError as exc:
         raise fail(str(exc)) from None
     except BaseValidationError as exc:

@@ -367,7 +367,11 @@ def validate_frames(
     return ValidationResult(problems=problems, base=base, rejects=rejects, row_counts=row_counts)
 
 
-def load_base(base_path: Path, *, as_of: date | None = None) -> Base:
+#: problems no row can be set aside for: a table or a column the contract needs is absent
+STRUCTURAL_CHECKS = ("missing_table", "missing_column")
+
+
+def load_base(base_path: Path, *, as_of: date | None = None, set_aside_rejects: bool = False) -> Base:
     """Validate a base and return its typed frames.
 
     Parameters
@@ -376,6 +380,13 @@ def load_base(base_path: Path, *, as_of: date | None = None) -> Base:
         Base folder, see :func:`validate_base`.
     as_of : date, optional
         See :func:`validate_base`.
+    set_aside_rejects : bool
+        Go on with the rows that pass when some rows fail: the report and the rejected rows
+        are written to ``<base>/_validation`` (:func:`write_report`), as ``crmscore validate``
+        writes them, and a warning counts them. A nightly run then scores everyone else
+        instead of stopping at one bad row. A missing table or column, or a table whose every
+        row fails (nothing to set aside row by row: the table is in the wrong form), still
+        raises.
 
     Returns
     -------
@@ -385,13 +396,26 @@ def load_base(base_path: Path, *, as_of: date | None = None) -> Base:
     Raises
     ------
     BaseValidationError
-        If any problem was found; ``.result`` holds the details.
+        If any problem was found (with ``set_aside_rejects``: a missing table or column, or a
+        table with every row rejected); ``.result`` holds the details.
     crmscore.features.io.BaseNotFoundError
         If the folder or a required table does not exist.
     """
     result = validate_base(base_path, as_of=as_of)
-    if not result.ok:
+    if result.ok:
+        return result.base
+    structural = any(p.check in STRUCTURAL_CHECKS for p in result.problems)
+    # every row of a table rejected is a table in the wrong form (time-zone offsets on every
+    # timestamp, say), not rows to set aside: scoring on without it would be silently wrong
+    emptied = any(n and len(result.rejects.get(name, ())) == n for name, n in result.row_counts.items())
+    if not set_aside_rejects or structural or emptied:
         raise BaseValidationError(result, Path(base_path))
+    report = Path(base_path) / "_validation"
+    write_report(result, report)
+    counts = ", ".join(f"{name} {len(rows):,} of {result.row_counts[name]:,}"
+                       for name, rows in result.rejects.items() if len(rows))
+    logger.warning("%s: rows that fail the data contract set aside (%s; %d problem(s)); going on with the "
+                   "rows that pass; report and rejected rows in %s", base_path, counts, len(result.problems), report)
     return result.base
 
 

@@ -287,6 +287,7 @@ def prepare_training_data(
     master: str | None = None,
     test_max_customers: int = TEST_MAX_CUSTOMERS,
     truth_max_customers: int = TRUTH_MAX_CUSTOMERS,
+    set_aside_rejects: bool = False,
 ) -> TrainingData:
     """Validate the base, stack the snapshots, and (synthetic bases) load the truth.
 
@@ -305,7 +306,7 @@ def prepare_training_data(
     )
     from crmscore.features.validate import load_base
 
-    base = load_base(base_path)
+    base = load_base(base_path, set_aside_rejects=set_aside_rejects)
     available = monthly_as_of_dates(base, config.horizon_days)
     train_dates, test_date = choose_as_of_dates(available, config.horizon_days, config.train_snapshots, test_as_of)
     logger.info("training on as-of %s; testing out of time on %s", ", ".join(map(str, train_dates)), test_date)
@@ -439,6 +440,7 @@ def train_job(
     register: bool = True,
     test_max_customers: int = TEST_MAX_CUSTOMERS,
     truth_max_customers: int = TRUTH_MAX_CUSTOMERS,
+    set_aside_rejects: bool = False,
 ) -> TrainReport:
     """``crmscore train``: fit each kind, log and register it in MLflow.
 
@@ -452,7 +454,8 @@ def train_job(
     ``<train|test|truth>_sampled`` and tags ``crmscore.data.sample.<train|test|truth>``.
     """
     data = prepare_training_data(base_path, config, test_as_of=test_as_of, engine=engine, master=master,
-                                 test_max_customers=test_max_customers, truth_max_customers=truth_max_customers)
+                                 test_max_customers=test_max_customers, truth_max_customers=truth_max_customers,
+                                 set_aside_rejects=set_aside_rejects)
     skipped = {kind: reason for kind in kinds if (reason := missing_input(kind, data)) is not None}
     if skipped and len(skipped) == len(kinds):
         raise ValueError("; ".join(skipped.values()))

@@ -792,6 +792,57 @@ def test_load_base_raises_with_every_message(tmp_path: Path) -> None:
     ]
 
 
+def test_rejected_rows_can_be_set_aside_and_the_rest_read(tmp_path: Path, caplog) -> None:
+    """``set_aside_rejects``: the rows that pass are read, as if the bad ones had never been in
+    the base; the report and the rejected rows are written where `crmscore validate` writes them,
+    and a warning counts them. Nothing is lost, and one bad row does not stop a nightly run."""
+    import logging
+
+    base_path = bad_base(tmp_path)
+    tables = valid_tables()
+    clean = load_base(write_base(tmp_path / "clean", {
+        **tables,
+        "transactions": tables["transactions"].drop(index=[2, 4]),
+        "interactions": tables["interactions"].drop(index=[0]),
+    }, "csv"), as_of=AS_OF)
+    with caplog.at_level(logging.WARNING, logger="crmscore.features.validate"):
+        read = load_base(base_path, as_of=AS_OF, set_aside_rejects=True)
+    for name, df in clean.tables().items():
+        pd.testing.assert_frame_equal(read.tables()[name].reset_index(drop=True), df.reset_index(drop=True), obj=name)
+    rejects = pd.read_parquet(base_path / "_validation" / "rejects" / "transactions.parquet")
+    assert rejects["revenue"].tolist() == ["-5.0", "-1.2"]
+    assert (base_path / "_validation" / "report.md").is_file()
+    assert "transactions 2 of 6, interactions 1 of 3" in caplog.text and "set aside" in caplog.text
+
+
+def test_features_command_sets_rejects_aside_only_when_asked(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crmscore.cli import app
+
+    base_path = bad_base(tmp_path)
+    out = tmp_path / "snapshot.parquet"
+    args = ["features", "--base", str(base_path), "--as-of", "2024-01-07", "--out", str(out)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and not out.exists()
+    assert "--set-aside-rejects" in " ".join(refused.output.split())
+    done = CliRunner().invoke(app, [*args, "--set-aside-rejects"])
+    assert done.exit_code == 0, done.output
+    assert len(pd.read_parquet(out)) == 4
+    assert (base_path / "_validation" / "rejects" / "interactions.parquet").is_file()
+
+
+@pytest.mark.parametrize("defect", ["a missing column", "every row of a table"])
+def test_what_cannot_be_set_aside_row_by_row_still_stops(tmp_path: Path, defect: str) -> None:
+    tables = valid_tables()
+    if defect == "a missing column":
+        tables["transactions"] = tables["transactions"].drop(columns=["cost"])
+    else:  # a table in the wrong form, not bad rows
+        tables["transactions"]["ts"] = "2024-01-01 10:30:00+02:00"
+    with pytest.raises(BaseValidationError):
+        load_base(write_base(tmp_path / "base", tables, "csv"), as_of=AS_OF, set_aside_rejects=True)
+
+
 def test_load_base_returns_typed_base_when_valid(tmp_path: Path) -> None:
     base = load_base(write_base(tmp_path / "base", valid_tables(), "csv"), as_of=AS_OF)
 
