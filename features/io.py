@@ -12,7 +12,7 @@ import lzma
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -156,6 +156,9 @@ class Base:
     transactions: pd.DataFrame
     invoices: pd.DataFrame | None = None
     interactions: pd.DataFrame | None = None
+    #: rows that failed the data contract and were set aside, per table (``load_base(...,
+    #: set_aside_rejects=True)``); empty when every row passed
+    set_aside: dict[str, int] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         out = {"customers": self.customers, "transactions": self.transactions}

@@ -29,6 +29,7 @@ of data rows in the file (the header is not counted; in a CSV, row ``r`` is line
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -416,7 +417,7 @@ def load_base(base_path: Path, *, as_of: date | None = None, set_aside_rejects: 
                        for name, rows in result.rejects.items() if len(rows))
     logger.warning("%s: rows that fail the data contract set aside (%s; %d problem(s)); going on with the "
                    "rows that pass; report and rejected rows in %s", base_path, counts, len(result.problems), report)
-    return result.base
+    return dataclasses.replace(result.base, set_aside={name: len(rows) for name, rows in result.rejects.items() if len(rows)})
 
 
 def write_report(result: ValidationResult, report_path: Path) -> None:

@@ -250,6 +250,8 @@ class TrainingData:
     categories: list[str]
     truth: pd.DataFrame | None = None
     samples: dict[str, CustomerSample] = field(default_factory=dict)
+    #: rows of the base set aside because they fail the data contract, per table (``Base.set_aside``)
+    set_aside: dict[str, int] = field(default_factory=dict)
     _parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -329,6 +331,7 @@ def prepare_training_data(
     else:
         frame = build_training_frame(base, [*train_dates, test_date], **build)
     categories = list(base_categories(base))
+    set_aside = dict(base.set_aside)
     del base, customers  # the base is the largest object alive; the truth reads its own copy
     descriptions = {s.name: s.phrase for s in catalogue_specs(categories)}
     descriptions.update({
@@ -343,7 +346,7 @@ def prepare_training_data(
     truth_sample = samples.get("truth")
     truth = load_truth(base_path, test_date, config.horizon_days,
                        customers=None if truth_sample is None else truth_sample.customer_ids)
-    return TrainingData(frame, train_dates, test_date, features, categories, truth, samples)
+    return TrainingData(frame, train_dates, test_date, features, categories, truth, samples, set_aside)
 
 
 def load_truth(
@@ -470,6 +473,8 @@ def train_job(
         "crmscore.data.rows": str(len(data.frame)),
         "crmscore.data.hash": tracking.frame_fingerprint(data.frame),
         "crmscore.data.truth": "yes" if data.truth is not None else "no",
+        # rows that failed the data contract and were left out (--set-aside-rejects)
+        "crmscore.data.set_aside": ", ".join(f"{name} {n}" for name, n in data.set_aside.items()) or "none",
         # the customer samples the snapshots were built for (training.split): what the run
         # learnt from and what its test metrics and logged test frame measure
         **{f"crmscore.data.sample.{purpose}": line for purpose, line in data.sampling().items()},

@@ -813,6 +813,7 @@ def test_rejected_rows_can_be_set_aside_and_the_rest_read(tmp_path: Path, caplog
     assert rejects["revenue"].tolist() == ["-5.0", "-1.2"]
     assert (base_path / "_validation" / "report.md").is_file()
     assert "transactions 2 of 6, interactions 1 of 3" in caplog.text and "set aside" in caplog.text
+    assert read.set_aside == {"transactions": 2, "interactions": 1} and clean.set_aside == {}
 
 
 def test_features_command_sets_rejects_aside_only_when_asked(tmp_path: Path) -> None:

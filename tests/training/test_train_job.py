@@ -30,6 +30,7 @@ def test_four_models_registered_with_champions(trained_models, champions) -> Non
         version = client.get_model_version_by_alias(kind.registered_name, "champion")
         tags = version.tags
         assert tags["crmscore.data.hash"] and tags["crmscore.data.test_as_of"]
+        assert tags["crmscore.data.set_aside"] == "none"
         assert tags["crmscore.code_version"].startswith("0.")
         assert TrainConfig.model_validate_json(tags["crmscore.train_config"]) == TrainConfig(train_snapshots=6)
         assert tags["crmscore.scoring_policy"] == (
@@ -176,13 +177,20 @@ def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model
     write_synthetic_base(synthetic, base)
     (base / "invoices.parquet").unlink()
     shutil.rmtree(base / "_truth")  # a company's own base: no synthetic truth either
+    # and one transaction that fails the contract, set aside (recorded with every run)
+    transactions = pd.read_parquet(base / "transactions.parquet")
+    transactions.loc[3, "revenue"] = -1.0
+    transactions.to_parquet(base / "transactions.parquet", index=False)
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "--base", str(base), "--kind", "all", "--train-snapshots", "3"])
+    result = runner.invoke(app, ["train", "--base", str(base), "--kind", "all", "--train-snapshots", "3",
+                                 "--set-aside-rejects"])
     assert result.exit_code == 0, result.output
     assert "crm-credit-risk: not trained: the credit-risk model needs an invoices table" in " ".join(result.output.split())
     client = MlflowClient()
     registered = {m.name for m in client.search_registered_models()}
     assert registered == {"crm-churn", "crm-propensity", "crm-expected-margin"}
+    version = client.get_model_version("crm-churn", "1")
+    assert version.tags["crmscore.data.set_aside"] == "transactions 1"
 
     result = runner.invoke(app, ["promote", "--kind", "all"])
     assert result.exit_code == 0, result.output
@@ -204,7 +212,8 @@ def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model
     assert record["default_prob"] is None and "credit" in record["missing_components"]
 
     versions = len(client.search_model_versions())
-    result = runner.invoke(app, ["train", "--base", str(base), "--kind", "credit_risk", "--train-snapshots", "3"])
+    result = runner.invoke(app, ["train", "--base", str(base), "--kind", "credit_risk", "--train-snapshots", "3",
+                                 "--set-aside-rejects"])
     assert result.exit_code != 0
     assert "needs an invoices table" in " ".join(result.output.split())
     assert len(client.search_model_versions()) == versions
