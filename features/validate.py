@@ -578,9 +578,10 @@ def _read_attribute(s: pd.Series) -> pd.Series:
     whose every value is a number is numbers, ``true``/``false`` (any case) booleans (as 1.0 /
     0.0, the features' encoding), an ISO date or timestamp dates; other text stays text, a
     category. So a customer's age is a number and a contract end date becomes
-    ``days_since_<column>`` whether the base is CSV or Parquet. Columns of another type (Parquet
-    numbers, dates, categoricals) are kept as they are, and so are its booleans and dates with
-    missing cells, which pandas reads as Python objects; missing cells stay missing."""
+    ``days_since_<column>`` whether the base is CSV or Parquet. Parquet's booleans and dates
+    with missing cells, which pandas reads as Python objects, become numbers and dates too;
+    columns of other types (Parquet numbers, dates, categoricals) are kept as they are.
+    Missing cells stay missing."""
     if isinstance(s.dtype, pd.CategoricalDtype) or not _is_text_like(s.dtype):
         return s
     if not _is_text(s):  # Python objects: Parquet's booleans and dates with missing values come so
