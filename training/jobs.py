@@ -489,15 +489,26 @@ def train_job(
             f"{config.clv.discount_rate:g} discount"
         ),
     }
-    results = []
+    results: list[TrainedModel] = []
     train, valid, test = data.split()
     sampled = {"sample_seed": config.random_state,  # customers of the training snapshots, validation included
                "train_customers": int(train["customer_id"].nunique() + valid["customer_id"].nunique()),
                "test_customers": len(test),
                "truth_customers": 0 if data.truth is None else len(data.truth),
                **{f"{purpose}_sampled": purpose in data.samples for purpose in ("train", "test", "truth")}}
+    # Every kind is fitted before any is logged: a kind that cannot be fitted (a constant label,
+    # too few rows) stops the run with the registry as it was, not with the kinds before it
+    # registered and those after it never trained.
+    fitted: list[TrainedModel] = []
     for kind in kinds:
-        model = fit_kind(kind, data, config)
+        try:
+            fitted.append(fit_kind(kind, data, config))
+        except ValueError as exc:
+            for model in fitted:
+                _close(model.evaluation.figures)
+            raise ValueError(f"{kind.value}: {exc}; nothing was registered") from exc
+    for model in fitted:
+        kind = model.kind
         params = {"horizon_days": config.horizon_days, "train_snapshots": len(data.train_dates),
                   **config.lightgbm.model_dump(), "trees": model.bundle.booster.num_trees(),
                   "features": len(data.features.names), **sampled}

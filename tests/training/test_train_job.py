@@ -217,3 +217,29 @@ def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model
     assert result.exit_code != 0
     assert "needs an invoices table" in " ".join(result.output.split())
     assert len(client.search_model_versions()) == versions
+
+
+def test_a_kind_that_cannot_be_fitted_leaves_the_registry_as_it_was(own_registry, tmp_path) -> None:
+    """Invoices, but none ever defaulted: credit risk has a constant label. Every kind is fitted
+    before any is registered, so `train --kind all` stops with the model and the reason named
+    and registers nothing (churn and propensity used to be registered before the error, and
+    expected margin never trained)."""
+    import shutil
+
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from crmscore.cli import app
+    from crmscore.features.synthetic import generate_base, write_synthetic_base
+
+    base = tmp_path / "base"
+    write_synthetic_base(generate_base(1_500, seed=5), base)
+    shutil.rmtree(base / "_truth")
+    invoices = pd.read_parquet(base / "invoices.parquet")
+    invoices["paid_date"] = invoices["issue_date"]  # every invoice paid the day it was issued
+    invoices.to_parquet(base / "invoices.parquet", index=False)
+    result = CliRunner().invoke(app, ["train", "--base", str(base), "--kind", "all", "--train-snapshots", "3"])
+    assert result.exit_code != 0
+    message = " ".join(result.output.split())
+    assert "error: credit_risk: label 'label_default' is constant" in message and "nothing was registered" in message
+    assert MlflowClient().search_registered_models() == []
