@@ -489,7 +489,6 @@ def train_job(
             f"{config.clv.discount_rate:g} discount"
         ),
     }
-    results: list[TrainedModel] = []
     train, valid, test = data.split()
     sampled = {"sample_seed": config.random_state,  # customers of the training snapshots, validation included
                "train_customers": int(train["customer_id"].nunique() + valid["customer_id"].nunique()),
@@ -524,8 +523,7 @@ def train_job(
             run_name=f"{kind.value}-{data.test_date}",
         )
         _close(model.evaluation.figures)
-        results.append(model)
-    return TrainReport(results, skipped)
+    return TrainReport(fitted, skipped)
 
 
 def _close(figures: dict[str, Any]) -> None:
