@@ -103,10 +103,11 @@ def render_markdown(specs: Iterable[FeatureSpec], *, title: str = "Feature catal
 
 
 def _plain_letter(ch: str) -> str:
-    """A Latin letter without its accent (``é`` -> ``e``, ``ü`` -> ``u``); other characters as
-    they are (``ß``, ``本``, ``ゲ``: their decomposition is no plain letter, or not Latin)."""
-    base = unicodedata.normalize("NFKD", ch)[:1]
-    return base if base.isascii() and base.isalpha() else ch
+    """A Latin letter without its accent (``é`` -> ``e``, ``ü`` -> ``u``, the ligature ``ﬁ`` ->
+    ``fi``); other characters as they are (``ß``, ``本``, ``ゲ``: without their marks they are
+    no plain Latin letters)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    return plain if plain.isascii() and plain.isalpha() else ch
 
 
 def category_slugs(categories: Iterable[str]) -> list[str]:
