@@ -155,8 +155,10 @@ def own_registry(tmp_path, monkeypatch):
 def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model(own_registry, tmp_path) -> None:
     """Invoices are optional in the data contract. `train --kind all` then trains the other three
     models and says why credit risk is left out (it used to stop at credit risk, after registering
-    two models and before expected margin); `promote` promotes them, and batch scoring leaves the
-    credit scores empty. Asking for credit risk alone is an error before anything is registered."""
+    two models and before expected margin); `promote` promotes them, and batch scoring and the
+    serving bundle leave the credit scores empty. Asking for credit risk alone is an error before
+    anything is registered. The base also has one transaction that fails the contract, set aside
+    with --set-aside-rejects and recorded in the runs' tags."""
     import shutil
     from datetime import date
 
