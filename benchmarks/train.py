@@ -158,7 +158,7 @@ settings = {{}} if {threads} == 0 else {{"lightgbm": LightGBMSettings(num_thread
 config = TrainConfig(**settings) if {snapshots} is None else TrainConfig(train_snapshots={snapshots}, **settings)
 extra = {{}}
 try:
-    trained = timed("train_job", jobs.train_job)(Path({base!r}), list(ModelKind), config, home=Path({home!r}))
+    trained = timed("train_job", jobs.train_job)(Path({base!r}), list(ModelKind), config, home=Path({home!r})).models
     import mlflow
     run = mlflow.get_run(trained[0].run.run_id)
     extra["sampling"] = {{
