@@ -413,11 +413,11 @@ def load_base(base_path: Path, *, as_of: date | None = None, set_aside_rejects: 
         raise BaseValidationError(result, Path(base_path))
     report = Path(base_path) / "_validation"
     write_report(result, report)
-    counts = ", ".join(f"{name} {len(rows):,} of {result.row_counts[name]:,}"
-                       for name, rows in result.rejects.items() if len(rows))
+    set_aside = {name: len(rows) for name, rows in result.rejects.items() if len(rows)}
+    counts = ", ".join(f"{name} {n:,} of {result.row_counts[name]:,}" for name, n in set_aside.items())
     logger.warning("%s: rows that fail the data contract set aside (%s; %d problem(s)); going on with the "
                    "rows that pass; report and rejected rows in %s", base_path, counts, len(result.problems), report)
-    return dataclasses.replace(result.base, set_aside={name: len(rows) for name, rows in result.rejects.items() if len(rows)})
+    return dataclasses.replace(result.base, set_aside=set_aside)
 
 
 def write_report(result: ValidationResult, report_path: Path) -> None:
@@ -595,9 +595,9 @@ def _read_attribute(s: pd.Series) -> pd.Series:
     present = text.notna().to_numpy()
     if not present.any():
         return s
-    numbers = pd.to_numeric(text.astype(object), errors="coerce").astype("float64")
-    if numbers[present].notna().all():
-        return numbers
+    numbers, _, not_numbers = _parse_numbers(text)  # as money columns are read
+    if not not_numbers.any():
+        return pd.Series(numbers, index=s.index)
     lowered = text.str.lower()
     if lowered[present].isin(("true", "false")).all():
         return lowered.map({"true": 1.0, "false": 0.0}).astype("float64")
