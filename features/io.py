@@ -11,7 +11,7 @@ import logging
 import lzma
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,13 +139,32 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
 
 #: Parquet metadata key holding a snapshot's as-of date (ISO), read by batch scoring
 AS_OF_KEY = b"crmscore.as_of"
+#: Parquet metadata key holding the rows of the base set aside when the snapshot was built
+SET_ASIDE_KEY = b"crmscore.set_aside"
 
 
-def write_snapshot(snapshot: pd.DataFrame, as_of: object, path: Path) -> None:
-    """Write a feature snapshot with its as-of date in the Parquet metadata."""
+def set_aside_text(counts: Mapping[str, int]) -> str:
+    """Rows set aside per table as one line, "transactions 12, interactions 1", or "none"."""
+    return ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none"
+
+
+def write_snapshot(snapshot: pd.DataFrame, as_of: object, path: Path,
+                   set_aside: Mapping[str, int] | None = None) -> None:
+    """Write a feature snapshot with its as-of date, and the rows of the base that were set
+    aside (``Base.set_aside``), in the Parquet metadata."""
     table = pa.Table.from_pandas(snapshot, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), AS_OF_KEY: str(as_of).encode()})
+    table = table.replace_schema_metadata({
+        **(table.schema.metadata or {}), AS_OF_KEY: str(as_of).encode(),
+        SET_ASIDE_KEY: set_aside_text(set_aside or {}).encode(),
+    })
     write_arrow_atomic(table, path)
+
+
+def snapshot_set_aside(path: Path) -> str | None:
+    """The rows set aside when the snapshot at ``path`` was built ("none" when every row passed),
+    or None for a snapshot written before this was recorded."""
+    raw = (pq.read_schema(path).metadata or {}).get(SET_ASIDE_KEY)
+    return raw.decode() if raw is not None else None
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ Definitions (../shared/ARCHITECTURE.md, in the time convention of ``schema.py``:
 ``ts < T``, the horizon is ``T <= ts < T + H``). The synthetic base's ground truth
 (``synthetic.compute_truth``) is written to match them exactly, so change neither alone.
 
-* ``label_churn``: for a customer with at least one transaction before T, 1 when they have
-  no transaction in the horizon, else 0; NaN for a customer with no transaction before T
-  (nobody can stop buying who never bought).
-* ``label_purchase_<category>``: 1 when the customer has a transaction of that product
+* ``label_churn``: for a customer with at least one purchase before T, 1 when they have
+  no purchase in the horizon, else 0; NaN for a customer with no purchase before T
+  (nobody can stop buying who never bought). A purchase is a transaction line that is not a
+  return (``schema.py``): sending goods back is not buying.
+* ``label_purchase_<category>``: 1 when the customer has a purchase of that product
   category in the horizon, else 0; every known customer.
 * ``label_default`` (bases with invoices): for a customer with at least one invoice issued
   before T, 1 when some invoice of theirs (issued at any time) reaches 90 days past due
@@ -17,7 +18,7 @@ Definitions (../shared/ARCHITECTURE.md, in the time convention of ``schema.py``:
   event of behavioural credit scoring (Basel II, para. 452: "obligor is past due more than
   90 days"); Buttle rates customers from their payment history the same way.
 * ``label_margin``: the sum of ``revenue - cost`` of the customer's transactions in the
-  horizon, 0 when there are none; currency.
+  horizon, returns included (they take back margin), 0 when there are none; currency.
 
 Every function works on arrays in *customer position space*: ``pos`` holds, per event, the
 row of its customer in the snapshot (0 .. n_customers-1); times are int64 nanoseconds.
@@ -118,15 +119,15 @@ def churn_label(past_pos: np.ndarray, horizon_pos: np.ndarray, n_customers: int)
     Parameters
     ----------
     past_pos : ndarray of int, shape (n_past_lines,)
-        Customer position of each transaction line before T.
+        Customer position of each purchase line before T (returns are not purchases).
     horizon_pos : ndarray of int, shape (n_horizon_lines,)
-        Customer position of each transaction line in the horizon.
+        Customer position of each purchase line in the horizon.
     n_customers : int
 
     Returns
     -------
     ndarray of float64, shape (n_customers,)
-        1.0, 0.0 or NaN (no transaction before T).
+        1.0, 0.0 or NaN (no purchase before T).
     """
     active = np.bincount(past_pos, minlength=n_customers) > 0
     bought = np.bincount(horizon_pos, minlength=n_customers) > 0
@@ -142,7 +143,7 @@ def purchase_labels(
     ----------
     horizon_pos, horizon_category : ndarray of int, shape (n_horizon_lines,)
         Customer position and category code (index into the category list, -1 for a
-        category not in the list, ignored) of each transaction line in the horizon.
+        category not in the list, ignored) of each purchase line in the horizon.
 
     Returns
     -------

@@ -18,8 +18,11 @@ Time conventions, used by every feature and label:
 * an *as-of date* T is the start of day T: an event belongs to the past when ``ts < T``;
 * a *horizon* of H days is the window ``T <= ts < T + H`` (the architecture's (T, T+H]).
 
-Money columns are in the company's currency, non-negative and finite; the margin of a
-transaction is ``revenue - cost`` and may be negative.
+Money columns are in the company's currency and finite. They are non-negative except a
+transaction's ``revenue`` and ``cost``: a line with a negative revenue or cost is a *return*
+(goods sent back, a credit note), whose revenue and cost are both zero or below. A return nets
+against revenue and margin but is not a purchase: it places no order, moves no recency and
+makes no purchase label. The margin of a line is ``revenue - cost`` and may be negative.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Kind(StrEnum):
     DATE = "date"  # calendar day
     TIMESTAMP = "timestamp"  # day and time of day
     MONEY = "money"  # non-negative, finite amount of currency
+    SIGNED_MONEY = "signed money"  # finite amount of currency, negative for a return
 
 
 @dataclass(frozen=True)
@@ -105,11 +109,16 @@ TRANSACTIONS = Table(
         Column("ts", Kind.TIMESTAMP, "Time of the order."),
         Column("order_id", Kind.ID, "Order key; one line per product category of an order."),
         Column("product_category", Kind.STRING, "Product category of the line."),
-        Column("revenue", Kind.MONEY, "Revenue of the line, currency."),
-        Column("cost", Kind.MONEY, "Cost of goods of the line, currency; margin = revenue - cost."),
+        Column("revenue", Kind.SIGNED_MONEY, "Revenue of the line, currency; negative for a return."),
+        Column("cost", Kind.SIGNED_MONEY, "Cost of goods of the line, currency, of the same sign as the "
+               "revenue (zero or below for a return); margin = revenue - cost."),
     ),
     key=("order_id", "product_category"),
     time_column="ts",
+    notes=("A line whose revenue or cost is negative is a return or a credit note: it carries its own "
+           "order_id (the credit note's number, as the key asks) and both its amounts are zero or below. "
+           "Returns net against revenue and margin; they are not purchases: no order, no recency, no "
+           "purchase label.",),
 )
 
 INVOICES = Table(

@@ -14,7 +14,10 @@ Conventions, the same in every family:
   open invoice, the convention of credit bureaus (nothing is past due);
 * day differences from timestamps are fractional days; from calendar dates, whole days;
 * an *order* is an ``order_id`` of the customer at one time (the lines of an order share its
-  time; an id recorded at two times counts as two purchases).
+  time; an id recorded at two times counts as two purchases);
+* a *return* (a line with a negative revenue or cost, ``schema.py``) nets against revenue and
+  margin, in every sum, share and the margin label; it is not a purchase: orders, recencies,
+  line counts, category breadth and the churn and purchase labels read the other lines only.
 
 The fast path works on numpy arrays in *customer position space* (each event carries the
 row of its customer): sums and counts are ``np.bincount``, extremes ``np.maximum.at``,
@@ -85,9 +88,11 @@ def _rfm_specs() -> list[FeatureSpec]:
     for w, days in WINDOWS:
         win = _window_text(days)
         specs += [
-            FeatureSpec(f"order_count_{w}", "rfm", "Number of distinct orders", "count", win, "int64"),
-            FeatureSpec(f"revenue_{w}", "rfm", "Revenue of order lines", "currency", win, "float64"),
-            FeatureSpec(f"margin_{w}", "rfm", "Margin (revenue - cost) of order lines",
+            FeatureSpec(f"order_count_{w}", "rfm", "Number of distinct orders; returns are not orders",
+                        "count", win, "int64"),
+            FeatureSpec(f"revenue_{w}", "rfm", "Revenue of order lines; net of returns",
+                        "currency", win, "float64"),
+            FeatureSpec(f"margin_{w}", "rfm", "Margin (revenue - cost) of order lines; net of returns",
                         "currency", win, "float64"),
         ]
     specs += [
@@ -113,7 +118,8 @@ def _trend_specs() -> list[FeatureSpec]:
                     "currency", "[T-180d, T-90d)", "float64"),
         FeatureSpec("revenue_trend_90d_ratio", "trend",
                     "(revenue_90d - revenue_prev_90d) / (revenue_90d + revenue_prev_90d): "
-                    "+1 all recent, -1 all earlier; NaN when both are 0",
+                    "+1 all recent, -1 all earlier; NaN when both are 0 (a window whose returns "
+                    "outweigh its sales counts as 0)",
                     "ratio", "[T-180d, T)", "float64"),
         FeatureSpec("inter_purchase_mean_days", "trend",
                     "Mean days between consecutive orders; NaN with fewer than 2 orders",
@@ -128,7 +134,8 @@ def _trend_specs() -> list[FeatureSpec]:
 def _mix_specs(categories: Sequence[str]) -> list[FeatureSpec]:
     specs = [
         FeatureSpec(f"revenue_share_365d_{slug}", "product_mix",
-                    f"Share of 365-day revenue in category '{cat}'; NaN without 365-day revenue",
+                    f"Share of 365-day revenue in category '{cat}'; net of returns, within [0, 1]; "
+                    "NaN without positive 365-day revenue",
                     "share", "[T-365d, T)", "float64")
         for cat, slug in zip(categories, category_slugs(categories), strict=True)
     ]
@@ -138,12 +145,12 @@ def _mix_specs(categories: Sequence[str]) -> list[FeatureSpec]:
                         f"Days from the last order line in category '{cat}' to T; NaN without one",
                         "days", "before T", "float64"),
             FeatureSpec(f"line_count_365d_{slug}", "product_mix",
-                        f"Order lines in category '{cat}'", "count", "[T-365d, T)", "int64"),
+                        f"Order lines in category '{cat}'; returns not counted", "count", "[T-365d, T)", "int64"),
             # The whole history too: a customer's rate for a category (Fader-Hardie's
             # per-customer purchase rate, here per category) is read from every purchase of it,
             # and a year's window says little of a category bought every eighteen months.
             FeatureSpec(f"line_count_lifetime_{slug}", "product_mix",
-                        f"Order lines in category '{cat}'", "count", "before T", "int64"),
+                        f"Order lines in category '{cat}'; returns not counted", "count", "before T", "int64"),
         ]
     specs += [
         FeatureSpec("category_breadth_365d_count", "product_mix",
@@ -157,7 +164,7 @@ def _mix_specs(categories: Sequence[str]) -> list[FeatureSpec]:
 def _value_specs() -> list[FeatureSpec]:
     return [
         FeatureSpec("margin_rate_365d_share", "value",
-                    "margin_365d / revenue_365d; NaN without 365-day revenue",
+                    "margin_365d / revenue_365d; NaN without positive 365-day revenue",
                     "share", "[T-365d, T)", "float64"),
         FeatureSpec("cost_to_serve_90d", "value",
                     "Activity-based cost to serve: sum of interaction costs",
@@ -507,19 +514,38 @@ def _factorize(values: np.ndarray | pd.Series) -> tuple[np.ndarray, int]:
 
 
 @dataclass
+class _Lines:
+    """Some transaction lines: customer position, time and category code of each."""
+
+    pos: np.ndarray
+    ts: np.ndarray
+    category: np.ndarray
+
+    def take(self, mask: np.ndarray) -> _Lines:
+        return _Lines(self.pos[mask], self.ts[mask], self.category[mask])
+
+
+@dataclass
 class _Transactions:
-    """Transaction lines of the known customers, split into past and horizon."""
+    """Transaction lines of the known customers, split into past and horizon.
+
+    ``pos``, ``ts``, ``category``, ``revenue`` and ``margin`` are every past line, returns
+    included: the money sums read them. ``bought`` is the past purchase lines (returns left
+    out) and ``h_bought`` the horizon's: they are the same arrays as the lines when a base has
+    no returns, not copies.
+    """
 
     pos: np.ndarray  # past lines (ts < T)
     ts: np.ndarray
     category: np.ndarray
     revenue: np.ndarray
     margin: np.ndarray
+    bought: _Lines  # past purchase lines
     order_pos: np.ndarray  # past orders, in (customer, time) order
     order_ts: np.ndarray
-    h_pos: np.ndarray  # horizon lines (T <= ts < T + H)
-    h_category: np.ndarray
+    h_pos: np.ndarray  # horizon lines (T <= ts < T + H), returns included
     h_margin: np.ndarray
+    h_bought: _Lines  # horizon purchase lines
 
 
 @dataclass
@@ -583,15 +609,26 @@ def _encode_transactions(
         pos, ts = pos[keep], ts[keep]
     cat = category_codes(_rows(tx["product_category"], keep), categories)
     revenue = _numbers(tx["revenue"], keep)
-    margin = revenue - _numbers(tx["cost"], keep)
+    cost = _numbers(tx["cost"], keep)
+    margin = revenue - cost
     past = ts < t
-    p_pos, p_ts = pos[past], ts[past]
+    lines = _Lines(pos[past], ts[past], cat[past])
+    h_lines = _Lines(pos[~past], ts[~past], cat[~past])
+    # A return (a negative revenue or cost) is not a purchase; most bases have none, and
+    # then the purchase lines are the lines themselves.
+    sale = (revenue >= 0) & (cost >= 0)
+    has_returns = not sale.all()
+    bought = lines.take(sale[past]) if has_returns else lines
+    h_bought = h_lines.take(sale[~past]) if has_returns else h_lines
 
-    order_pos, order_ts = _orders(p_pos, p_ts, _rows(_rows(tx["order_id"], keep), _select(past)))
+    order_ids = _rows(tx["order_id"], keep)
+    order_pos, order_ts = _orders(
+        bought.pos, bought.ts, _rows(order_ids, _select(past & sale if has_returns else past))
+    )
     return _Transactions(
-        pos=p_pos, ts=p_ts, category=cat[past], revenue=revenue[past], margin=margin[past],
-        order_pos=order_pos, order_ts=order_ts,
-        h_pos=pos[~past], h_category=cat[~past], h_margin=margin[~past],
+        pos=lines.pos, ts=lines.ts, category=lines.category, revenue=revenue[past],
+        margin=margin[past], bought=bought, order_pos=order_pos, order_ts=order_ts,
+        h_pos=h_lines.pos, h_margin=margin[~past], h_bought=h_bought,
     )
 
 
@@ -670,6 +707,12 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den != 0, num / np.where(den != 0, den, 1), np.nan)
 
 
+def _share(part: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """part / total in [0, 1], NaN where total is not positive. Without returns the parts
+    lie in [0, total] already; a window whose returns outweigh its sales has no share."""
+    return np.clip(np.where(total > 0, part / np.where(total > 0, total, 1), np.nan), 0.0, 1.0)
+
+
 def _is_sorted(pos: np.ndarray, ts: np.ndarray) -> bool:
     """Whether events are in (customer, time) order already."""
     dp = np.diff(pos)
@@ -713,7 +756,9 @@ def _trend(c: _Chunk) -> None:
     revenue_prev = _sum(tx.pos[prev], n, tx.revenue[prev])
     recent = c.out["revenue_90d"]
     c.out["revenue_prev_90d"] = revenue_prev
-    c.out["revenue_trend_90d_ratio"] = _ratio(recent - revenue_prev, recent + revenue_prev)
+    # A window whose returns outweigh its sales counts as no revenue: the ratio stays in [-1, 1].
+    now, before = np.maximum(recent, 0.0), np.maximum(revenue_prev, 0.0)
+    c.out["revenue_trend_90d_ratio"] = _ratio(now - before, now + before)
 
     # Gaps between consecutive orders of a customer (orders come in (customer, time) order).
     pos, ts = tx.order_pos, tx.order_ts
@@ -732,32 +777,39 @@ def _trend(c: _Chunk) -> None:
 
 def _product_mix(c: _Chunk) -> None:
     tx, n, k = c.tx, c.n, len(c.categories)
-    year = (tx.ts >= c.t - 365 * NS_PER_DAY) & (tx.category >= 0)
+    since = c.t - 365 * NS_PER_DAY
+    year = (tx.ts >= since) & (tx.category >= 0)
     key = tx.pos[year] * k + tx.category[year]
     revenue = np.bincount(key, weights=tx.revenue[year], minlength=n * k).reshape(n, k)
     total = c.out["revenue_365d"]
     for j, slug in enumerate(category_slugs(c.categories)):
-        c.out[f"revenue_share_365d_{slug}"] = _ratio(revenue[:, j], total)
+        c.out[f"revenue_share_365d_{slug}"] = _share(revenue[:, j], total)
+    # Counts and recencies are of purchases: returns left out.
+    bought = tx.bought
+    if bought.pos is not tx.pos:  # the base has returns
+        year = (bought.ts >= since) & (bought.category >= 0)
+        key = bought.pos[year] * k + bought.category[year]
     lines_year = np.bincount(key, minlength=n * k).reshape(n, k)
+    known_lines = bought.category >= 0
     c.out["category_breadth_365d_count"] = (lines_year > 0).sum(axis=1).astype(np.int64)
-    known_lines = tx.category >= 0
-    key_known = tx.pos[known_lines] * k + tx.category[known_lines]
+    key_known = bought.pos[known_lines] * k + bought.category[known_lines]
     last = np.full(n * k, np.iinfo(np.int64).min)
-    np.maximum.at(last, key_known, tx.ts[known_lines])
+    np.maximum.at(last, key_known, bought.ts[known_lines])
     last = last.reshape(n, k)
     for j, slug in enumerate(category_slugs(c.categories)):
         seen = last[:, j] != np.iinfo(np.int64).min
         c.out[f"days_since_last_purchase_{slug}"] = np.where(seen, _days(c.t - last[:, j]), np.nan)
         c.out[f"line_count_365d_{slug}"] = lines_year[:, j].astype(np.int64)
-    key_all = tx.pos[known_lines] * k + tx.category[known_lines]
-    lines_all = np.bincount(key_all, minlength=n * k).reshape(n, k)
+    lines_all = np.bincount(key_known, minlength=n * k).reshape(n, k)
     for j, slug in enumerate(category_slugs(c.categories)):
         c.out[f"line_count_lifetime_{slug}"] = lines_all[:, j].astype(np.int64)
     c.out["category_breadth_lifetime_count"] = (lines_all > 0).sum(axis=1).astype(np.int64)
 
 
 def _value(c: _Chunk) -> None:
-    c.out["margin_rate_365d_share"] = _ratio(c.out["margin_365d"], c.out["revenue_365d"])
+    revenue = c.out["revenue_365d"]
+    # NaN without positive revenue: a margin over net returns is no margin rate.
+    c.out["margin_rate_365d_share"] = np.where(revenue > 0, _ratio(c.out["margin_365d"], revenue), np.nan)
     if c.inter is None:
         return
     it, n = c.inter, c.n
@@ -827,8 +879,8 @@ def _attributes(c: _Chunk) -> None:
 
 def _labels(c: _Chunk) -> None:
     tx, n = c.tx, c.n
-    c.out["label_churn"] = L.churn_label(tx.pos, tx.h_pos, n)
-    purchases = L.purchase_labels(tx.h_pos, tx.h_category, n, len(c.categories))
+    c.out["label_churn"] = L.churn_label(tx.bought.pos, tx.h_bought.pos, n)
+    purchases = L.purchase_labels(tx.h_bought.pos, tx.h_bought.category, n, len(c.categories))
     for j, slug in enumerate(category_slugs(c.categories)):
         c.out[f"label_purchase_{slug}"] = purchases[:, j]
     if c.inv is not None:

@@ -19,8 +19,9 @@ Validation runs in three stages, all vectorised:
    every failing value in Python: with 5M transactions all failing the as-of check, about
    a minute went into that reporting alone, against ~6 s for the whole validation this
    way, so at 20M rows one systematic defect (say, a wrong ``--as-of``) took minutes.
-3. **Rules across columns and tables** in pandas: invoice date order and customers
-   unknown to the (valid) customers table.
+3. **Rules across columns and tables** in pandas: invoice date order, a transaction's
+   revenue and cost of one sign (a sale or a return), and customers unknown to the (valid)
+   customers table.
 
 A row failing any check is rejected with all its reasons; nothing is dropped silently:
 for every table, rows read = rows kept + rows rejected. Row numbers are 0-based positions
@@ -79,6 +80,7 @@ CHECKS: dict[str, str] = {
     "duplicate_key": "several rows share a key; all of them are rejected",
     "due_before_issue": "invoice due_date before its issue_date",
     "paid_before_issue": "invoice paid_date before its issue_date",
+    "opposite_signs": "transaction line whose revenue and cost have opposite signs",
     "after_as_of": "event dated on or after the as-of date (or in the future)",
     "unknown_customer": "customer_id not among the valid customers",
 }
@@ -96,6 +98,7 @@ _LABELS: dict[str, str] = {
     "duplicate_key": "with a duplicated key",
     "due_before_issue": "due before issue",
     "paid_before_issue": "paid before issue",
+    "opposite_signs": "of the other sign than the revenue",
     "after_as_of": "dated too late",
     "unknown_customer": "with an unknown customer",
 }
@@ -110,6 +113,7 @@ _DTYPES: dict[Kind, Any] = {
     Kind.DATE: np.dtype("datetime64[ns]"),
     Kind.TIMESTAMP: np.dtype("datetime64[ns]"),
     Kind.MONEY: np.dtype("float64"),
+    Kind.SIGNED_MONEY: np.dtype("float64"),
 }
 
 #: What a good value looks like, by logical kind (the "expected ..." of a message).
@@ -119,6 +123,7 @@ _EXPECTED: dict[Kind, str] = {
     Kind.DATE: "a date like 2024-01-31",
     Kind.TIMESTAMP: "a timestamp like 2024-01-31 14:05:00 (local time, no time-zone offset)",
     Kind.MONEY: "a non-negative, finite amount of currency",
+    Kind.SIGNED_MONEY: "a finite amount of currency, negative only for a return",
 }
 
 #: Event columns checked against the as-of date besides each table's ``time_column``.
@@ -129,6 +134,12 @@ _EXTRA_EVENT_COLUMNS: dict[str, tuple[str, ...]] = {"invoices": ("paid_date",)}
 _DATE_ORDER_RULES: tuple[tuple[str, str, str, str], ...] = (
     ("invoices", "due_date", "issue_date", "due_before_issue"),
     ("invoices", "paid_date", "issue_date", "paid_before_issue"),
+)
+
+#: Sign rules (table, column, the column whose sign it must share, check id): a transaction
+#: line is a sale (both amounts zero or above) or a return (both zero or below).
+_SIGN_RULES: tuple[tuple[str, str, str, str], ...] = (
+    ("transactions", "cost", "revenue", "opposite_signs"),
 )
 
 _MAX_EXAMPLES = 5
@@ -455,8 +466,9 @@ def build_table_schema(table: Table, *, limit: pd.Timestamp) -> pa.DataFrameSche
 
     Each check is named by its check id (see :data:`CHECKS`) so that failure cases map
     straight back to problems. Nullability and dtypes come from the contract; money must be
-    non-negative; closed vocabularies are enforced; event columns must fall before
-    ``limit``; the table key must be unique (all copies reported).
+    non-negative (signed money, a transaction's revenue and cost, may be negative); closed
+    vocabularies are enforced; event columns must fall before ``limit``; the table key must
+    be unique (all copies reported).
 
     Parameters
     ----------
@@ -495,7 +507,7 @@ def coerce_table(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame, list[Pro
     """Convert the contract columns of a raw frame to their typed dtypes.
 
     ID and STRING become ``string[pyarrow]`` (integers as decimal text), DATE becomes
-    ``datetime64[ns]`` at midnight, TIMESTAMP ``datetime64[ns]``, MONEY ``float64``. Cells
+    ``datetime64[ns]`` at midnight, TIMESTAMP ``datetime64[ns]``, (SIGNED_)MONEY ``float64``. Cells
     that cannot be converted become null and are reported; columns already in the right
     dtype are passed through without conversion. Absent contract columns are skipped
     (they are a ``missing_column`` problem of :func:`validate_frames`); extra customer
@@ -544,6 +556,7 @@ def _check_table(
     typed, findings = _coerce(table, raw)
     findings += _run_pandera(table, typed, findings, limit=limit, limit_text=limit_text)
     findings += _check_date_order(table, typed)
+    findings += _check_signs(table, typed)
     return typed, findings
 
 
@@ -704,6 +717,21 @@ def _check_date_order(table: Table, typed: pd.DataFrame) -> list[_Finding]:
     return findings
 
 
+def _check_signs(table: Table, typed: pd.DataFrame) -> list[_Finding]:
+    findings = []
+    for table_name, column, other, check in _SIGN_RULES:
+        if table_name != table.name or column not in typed or other not in typed:
+            continue
+        a, b = typed[column].to_numpy(), typed[other].to_numpy()
+        # NaN compares False, so empty or unreadable amounts never fail this rule.
+        rows = np.flatnonzero(((a > 0) & (b < 0)) | ((a < 0) & (b > 0)))
+        if len(rows):
+            expected = (f"a {column} of the {other}'s sign: both zero or above (a sale) "
+                        "or both zero or below (a return)")
+            findings.append(_Finding(column, check, rows, expected, (column, other)))
+    return findings
+
+
 def _check_customers_known(typed: pd.DataFrame, valid_ids: pd.Series) -> list[_Finding]:
     if "customer_id" not in typed:
         return []
@@ -832,7 +860,7 @@ def _coerce_text(s: pd.Series) -> _Coerced:
 
 
 def _coerce_money(s: pd.Series) -> _Coerced:
-    """MONEY -> float64; text parsed as numbers; NaN and infinities are non_finite."""
+    """MONEY and SIGNED_MONEY -> float64; text parsed as numbers; NaN and infinities are non_finite."""
     s = _unwrap_arrow(s)
     dtype = s.dtype
     n = len(s)
@@ -955,6 +983,7 @@ _COERCERS: dict[Kind, Callable[[pd.Series], _Coerced]] = {
     Kind.DATE: _coerce_date,
     Kind.TIMESTAMP: _coerce_timestamp,
     Kind.MONEY: _coerce_money,
+    Kind.SIGNED_MONEY: _coerce_money,
 }
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from crmscore.features.io import Base
@@ -35,6 +37,36 @@ def synthetic_small() -> SyntheticBase:
 def base_small(synthetic_small: SyntheticBase) -> Base:
     """The same 2,000 customers as typed frames, per the data contract."""
     return synthetic_small.to_base()
+
+
+@pytest.fixture(scope="session")
+def with_returns() -> Callable[[Base, int], Base]:
+    """``with_returns(base, seed)``: the base with returns and credit notes added."""
+    return _with_returns
+
+
+def _with_returns(base: Base, seed: int) -> Base:
+    """``base`` with returns: a fifth of the lines come back, in part or whole, 1-60 days after
+    the sale, each on its own credit-note order id (revenue and cost both at or below zero);
+    some customers return more than they bought in a window, some only return in the horizon."""
+    rng = np.random.default_rng(seed)
+    tx = base.transactions
+    sent_back = tx.sample(frac=0.2, random_state=seed).reset_index(drop=True)
+    share = rng.choice([0.25, 0.5, 1.0, 3.0], size=len(sent_back))  # 3.0: more than was bought
+    returns = pd.DataFrame({
+        "customer_id": sent_back["customer_id"],
+        "ts": sent_back["ts"] + pd.to_timedelta(rng.integers(1, 61, len(sent_back)), unit="D"),
+        "order_id": pd.array([f"CN{i}" for i in range(len(sent_back))], dtype=pd.StringDtype("pyarrow")),
+        "product_category": sent_back["product_category"],
+        "revenue": -share * sent_back["revenue"].to_numpy(),
+        "cost": -share * sent_back["cost"].to_numpy(),
+    })
+    returns.loc[returns.index % 7 == 0, "cost"] = 0.0  # a credit note: money back, no goods
+    # goods back, no money: still a return (a line of zeros is a sale: a free sample)
+    returns.loc[(returns.index % 11 == 0) & (returns.index % 7 != 0), "revenue"] = 0.0
+    transactions = pd.concat([tx, returns], ignore_index=True).sort_values("ts", kind="stable")
+    return Base(customers=base.customers, transactions=transactions.reset_index(drop=True),
+                invoices=base.invoices, interactions=base.interactions)
 
 
 @pytest.fixture(scope="session")

@@ -465,6 +465,8 @@ def train_job(
     for kind, reason in skipped.items():
         logger.warning("%s not trained: %s", kind.registered_name, reason)
     kinds = [kind for kind in kinds if kind not in skipped]
+    from crmscore.features.io import set_aside_text
+
     tracking.setup_tracking(home)
     identity = {
         "crmscore.data.base": str(Path(base_path).resolve()),
@@ -474,7 +476,7 @@ def train_job(
         "crmscore.data.hash": tracking.frame_fingerprint(data.frame),
         "crmscore.data.truth": "yes" if data.truth is not None else "no",
         # rows that failed the data contract and were left out (--set-aside-rejects)
-        "crmscore.data.set_aside": ", ".join(f"{name} {n}" for name, n in data.set_aside.items()) or "none",
+        "crmscore.data.set_aside": set_aside_text(data.set_aside),
         # the customer samples the snapshots were built for (training.split): what the run
         # learnt from and what its test metrics and logged test frame measure
         **{f"crmscore.data.sample.{purpose}": line for purpose, line in data.sampling().items()},

@@ -214,8 +214,9 @@ def _class_weight(y: np.ndarray, config: TrainConfig) -> np.ndarray | None:
 def fit_settings(proto: ModelBundle, y: np.ndarray, config: TrainConfig, label: str) -> tuple[dict, np.ndarray | None]:
     """LightGBM parameters and row weights for one kind's target (checked here).
 
-    Expected margin: Tweedie needs a non-negative target; with loss-making rows it falls back
-    to least squares. Classifiers: a 0/1 target, rare positives up-weighted.
+    Expected margin: Tweedie needs a non-negative target; with loss-making rows (or returns) it
+    falls back to least squares (``fit_bundle`` then also tries Tweedie on the labels floored at
+    zero: ``_choose_margin_objective``). Classifiers: a 0/1 target, rare positives up-weighted.
     """
     kind = proto.kind
     objective = SPECS[kind].objective
@@ -315,21 +316,49 @@ def fit_bundle(
             f"validation rows with a label (need at least {MIN_ROWS} and 20)"
         )
     es, cal = split_validation(len(yv), config.random_state)
-    params, weight = fit_settings(proto, y, config, label)
-    proto.booster = _train_booster(
-        params, X, y, Xv[es], yv[es], proto.feature_names, booster_categorical(proto), config, weight
-    )
-    proto.info.update({"trees": proto.booster.num_trees(), "train_rows": int(len(y)),
-                       "positive_weight": None if weight is None else float(weight.max())})
-    if kind.is_classifier:
-        proto.calibrators[kind.value] = Calibrator.fit(proto.raw(Xv[cal]), yv[cal])
-    else:
-        if params["objective"] == "tweedie" and config.margin_log_linear_base:
+
+    def fit(proto: ModelBundle, y: np.ndarray, yv: np.ndarray) -> ModelBundle:
+        """``proto`` fitted to the labels ``y`` (training rows) and ``yv`` (validation rows)."""
+        params, weight = fit_settings(proto, y, config, label)
+        proto.booster = _train_booster(
+            params, X, y, Xv[es], yv[es], proto.feature_names, booster_categorical(proto), config, weight
+        )
+        proto.info.update({"trees": proto.booster.num_trees(), "train_rows": int(len(y)),
+                           "positive_weight": None if weight is None else float(weight.max())})
+        if kind.is_classifier:
+            proto.calibrators[kind.value] = Calibrator.fit(proto.raw(Xv[cal]), yv[cal])
+        elif params["objective"] == "tweedie" and config.margin_log_linear_base:
             _choose_log_linear_base(proto, params, X, y, Xv[es], yv[es], Xv, yv, config, weight)
-        if params["objective"] == "tweedie":  # least squares already matches the mean
-            proto.info["margin_scale"] = balance_scale(yv[cal], proto.predict(Xv[cal]))
+        return proto
+
+    proto = fit(proto, y, yv)
+    if kind is ModelKind.EXPECTED_MARGIN and proto.info["objective"] == "regression":
+        floored = fit(new_bundle(kind, features, config, targets), np.maximum(y, 0.0), np.maximum(yv, 0.0))
+        floored.info["margin_scale"] = balance_scale(yv[cal], floored.predict(Xv[cal]))
+        proto = _choose_margin_objective(proto, floored, Xv, yv)
+    elif proto.info.get("objective") == "tweedie":  # least squares already matches the mean
+        proto.info["margin_scale"] = balance_scale(yv[cal], proto.predict(Xv[cal]))
     logger.info("%s: %d trees on %d rows", kind.value, proto.booster.num_trees(), len(y))
     return proto
+
+
+def _choose_margin_objective(
+    least_squares: ModelBundle, tweedie: ModelBundle, X_valid: np.ndarray, y_valid: np.ndarray
+) -> ModelBundle:
+    """Expected margin on labels with losses (returns, loss-making sales): Tweedie needs labels
+    of zero or above, so the choice is least squares on the labels as they are, or ``tweedie``,
+    fitted to the labels floored at zero and brought back to the net total by its balance scale
+    (fitted on the labels as they are). A base with returns has a few net-negative customers in a
+    zero-inflated, heavy-tailed margin, and least squares gives up the log link's shape there.
+    Whichever has the lower squared error on the validation customers, against the labels as they
+    are (both halves; early stopping read the first, the scale the second), is kept; both in
+    ``info["validation_rmse"]``."""
+    rmse = {name: float(np.sqrt(np.mean((bundle.predict(X_valid) - y_valid) ** 2)))
+            for name, bundle in (("least_squares", least_squares), ("tweedie_floored", tweedie))}
+    chosen = tweedie if rmse["tweedie_floored"] < rmse["least_squares"] else least_squares
+    chosen.info["validation_rmse"] = rmse
+    chosen.info["labels_below_zero"] = int(np.sum(y_valid < 0))
+    return chosen
 
 
 def stack_propensity(

@@ -72,3 +72,11 @@ def test_spark_matches_local_without_optional_tables_and_with_attributes(spark: 
     assert "label_churn" not in on_spark.columns  # the horizon is not observed
     assert {"tier", "employees", "vip", "days_since_renewal"} <= set(on_spark.columns)
     pd.testing.assert_frame_equal(local, on_spark, check_exact=True)
+
+
+def test_spark_matches_local_on_a_base_with_returns(spark: object, with_returns) -> None:
+    base = with_returns(synthetic(150, seed=5), 2)
+    assert (base.transactions["revenue"] < 0).any()
+    local = build_snapshot(base, date(2024, 7, 1), 90, chunk_customers=40)
+    on_spark = build_snapshot(base, date(2024, 7, 1), 90, engine="spark", chunk_customers=40)
+    pd.testing.assert_frame_equal(local, on_spark, check_exact=True)

@@ -332,9 +332,17 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b != 0 else math.nan
 
 
+def _is_sale(line: dict) -> bool:
+    """A line that is not a return: neither its revenue nor its cost is negative."""
+    return line["revenue"] >= 0 and line["cost"] >= 0
+
+
 def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: list[str],
                        with_labels: bool) -> pd.DataFrame:
-    """Features and labels customer by customer, in plain Python, from the definitions."""
+    """Features and labels customer by customer, in plain Python, from the definitions.
+
+    Returns net against the money (sums, shares, the margin label); every count, recency and
+    purchase label reads the sales only."""
     t = datetime.combine(as_of, datetime.min.time())
     end = t + timedelta(days=horizon_days)
 
@@ -354,7 +362,8 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
                    "acquisition_channel": c["acquisition_channel"],
                    "tenure_days": (t - c["signup_date"]).days, "as_of_month": as_of.month}
         past = [x for x in txs[c["customer_id"]] if x["ts"] < t]
-        orders = {(x["order_id"], x["ts"]) for x in past}  # an order id at one time
+        bought = [x for x in past if _is_sale(x)]
+        orders = {(x["order_id"], x["ts"]) for x in bought}  # an order id at one time
         for w, d in (("30d", 30), ("90d", 90), ("365d", 365), ("lifetime", None)):
             since = t - timedelta(days=d) if d else datetime.min
             lines = [x for x in past if x["ts"] >= since]
@@ -368,7 +377,8 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
         r["margin_per_order_lifetime"] = _ratio(r["margin_lifetime"], r["order_count_lifetime"])
         prev = sum(x["revenue"] for x in past if t - timedelta(days=180) <= x["ts"] < t - timedelta(days=90))
         r["revenue_prev_90d"] = prev
-        r["revenue_trend_90d_ratio"] = _ratio(r["revenue_90d"] - prev, r["revenue_90d"] + prev)
+        now, before = max(r["revenue_90d"], 0.0), max(prev, 0.0)
+        r["revenue_trend_90d_ratio"] = _ratio(now - before, now + before)
         gaps = [_days(b - a) for a, b in zip(times, times[1:], strict=False)]
         r["inter_purchase_mean_days"] = statistics.fmean(gaps) if gaps else math.nan
         r["inter_purchase_cv_ratio"] = (
@@ -376,16 +386,19 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
         )
         year = [x for x in past if x["ts"] >= t - timedelta(days=365)]
         for cat, slug in zip(categories, category_slugs(categories), strict=True):
-            r[f"revenue_share_365d_{slug}"] = _ratio(
-                sum(x["revenue"] for x in year if x["product_category"] == cat), r["revenue_365d"])
+            part = sum(x["revenue"] for x in year if x["product_category"] == cat)
+            total = r["revenue_365d"]
+            r[f"revenue_share_365d_{slug}"] = min(max(part / total, 0.0), 1.0) if total > 0 else math.nan
+        bought_year = [x for x in bought if x["ts"] >= t - timedelta(days=365)]
         for cat, slug in zip(categories, category_slugs(categories), strict=True):
-            mine = [x["ts"] for x in past if x["product_category"] == cat]
+            mine = [x["ts"] for x in bought if x["product_category"] == cat]
             r[f"days_since_last_purchase_{slug}"] = _days(t - max(mine)) if mine else math.nan
-            r[f"line_count_365d_{slug}"] = sum(1 for x in year if x["product_category"] == cat)
+            r[f"line_count_365d_{slug}"] = sum(1 for x in bought_year if x["product_category"] == cat)
             r[f"line_count_lifetime_{slug}"] = len(mine)
-        r["category_breadth_365d_count"] = len({x["product_category"] for x in year} & set(categories))
-        r["category_breadth_lifetime_count"] = len({x["product_category"] for x in past} & set(categories))
-        r["margin_rate_365d_share"] = _ratio(r["margin_365d"], r["revenue_365d"])
+        r["category_breadth_365d_count"] = len({x["product_category"] for x in bought_year} & set(categories))
+        r["category_breadth_lifetime_count"] = len({x["product_category"] for x in bought} & set(categories))
+        r["margin_rate_365d_share"] = (_ratio(r["margin_365d"], r["revenue_365d"])
+                                       if r["revenue_365d"] > 0 else math.nan)
         if base.interactions is not None:
             contacts = [x for x in its[c["customer_id"]] if x["ts"] < t]
             for d in (90, 365):
@@ -427,9 +440,10 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
             r["days_since_last_complaint"] = _days(t - max(complaints)) if complaints else math.nan
         if with_labels:
             horizon = [x for x in txs[c["customer_id"]] if t <= x["ts"] < end]
-            r["label_churn"] = (0.0 if horizon else 1.0) if past else math.nan
+            horizon_bought = [x for x in horizon if _is_sale(x)]
+            r["label_churn"] = (0.0 if horizon_bought else 1.0) if bought else math.nan
             for cat, slug in zip(categories, category_slugs(categories), strict=True):
-                r[f"label_purchase_{slug}"] = int(any(x["product_category"] == cat for x in horizon))
+                r[f"label_purchase_{slug}"] = int(any(x["product_category"] == cat for x in horizon_bought))
             if base.invoices is not None:
                 mine = invs[c["customer_id"]]
                 if any(x["issue_date"] < t for x in mine):
@@ -474,6 +488,50 @@ def test_reference_on_a_synthetic_base(as_of: date) -> None:
     categories = sorted(base.transactions["product_category"].unique())
     fast = compute_features(base.tables(), as_of, HORIZON, categories, with_labels=True)
     assert_matches_reference(fast, reference_snapshot(base, as_of, HORIZON, categories, True))
+
+
+@pytest.mark.parametrize("as_of", [date(2023, 2, 1), date(2024, 10, 3)])
+def test_returns_net_the_money_and_are_not_purchases(as_of: date, with_returns) -> None:
+    base = with_returns(synthetic_base(120, seed=7), seed=1)
+    assert (base.transactions["revenue"] < 0).sum() > 100
+    categories = sorted(base.transactions["product_category"].unique())
+    fast = compute_features(base.tables(), as_of, HORIZON, categories, with_labels=True)
+    assert_matches_reference(fast, reference_snapshot(base, as_of, HORIZON, categories, True))
+    # The returns reach the features: net revenue falls, orders do not rise.
+    plain = compute_features(synthetic_base(120, seed=7).tables(), as_of, HORIZON, categories,
+                             with_labels=True)
+    assert (fast["revenue_lifetime"] < plain["revenue_lifetime"]).any()
+    assert (fast["revenue_lifetime"] <= plain["revenue_lifetime"] + 1e-9).all()
+    assert (fast["order_count_lifetime"] == plain["order_count_lifetime"]).all()
+    assert (fast["label_churn"].fillna(-1) == plain["label_churn"].fillna(-1)).all()
+    assert fast["label_margin"].sum() < plain["label_margin"].sum()
+
+
+def test_a_customer_who_only_sends_goods_back() -> None:
+    """A return in the horizon is no purchase (the customer churned); a return-only past is
+    no activity (nobody to churn); a window whose returns outweigh its sales has no shares."""
+    base = typed_base(
+        customers=[("A", "2023-01-01", "B2C", "north", "web"), ("B", "2023-01-01", "B2C", "north", "web")],
+        transactions=[
+            ("A", "2024-01-10 10:00", "O1", "books", 100.0, 60.0),
+            ("A", "2024-06-20 10:00", "CN1", "books", -150.0, -60.0),  # more back than bought
+            ("A", "2024-07-05 10:00", "CN2", "books", -10.0, 0.0),  # horizon: a credit note
+            ("B", "2024-05-01 10:00", "CN3", "home", -20.0, -12.0),  # only a return
+        ],
+    )
+    snap = compute_features(base.tables(), AS_OF, HORIZON, ["books", "home"], with_labels=True)
+    a, b = row(snap, "A"), row(snap, "B")
+    assert a["order_count_lifetime"] == 1 and a["line_count_lifetime_books"] == 1
+    assert a["days_since_last_purchase"] == pytest.approx(_days(T - datetime(2024, 1, 10, 10)))
+    assert a["revenue_lifetime"] == -50.0 and a["margin_lifetime"] == -50.0
+    assert math.isnan(a["revenue_share_365d_books"]) and math.isnan(a["margin_rate_365d_share"])
+    assert a["revenue_90d"] == -150.0 and a["revenue_prev_90d"] == 100.0
+    assert a["revenue_trend_90d_ratio"] == -1.0  # the returns' window counts as no revenue
+    assert a["label_churn"] == 1.0 and a["label_purchase_books"] == 0
+    assert a["label_margin"] == -10.0
+    assert b["order_count_lifetime"] == 0 and b["category_breadth_lifetime_count"] == 0
+    assert math.isnan(b["days_since_last_purchase"]) and math.isnan(b["label_churn"])
+    assert b["revenue_lifetime"] == -20.0
 
 
 def test_reference_through_the_chunked_engine() -> None:

@@ -188,6 +188,7 @@ def test_valid_base_is_ok_with_typed_frames(tmp_path: Path, fmt: str) -> None:
                 "date": np.dtype("datetime64[ns]"),
                 "timestamp": np.dtype("datetime64[ns]"),
                 "money": np.dtype("float64"),
+                "signed money": np.dtype("float64"),
             }[col.kind.value]
             assert df[col.name].dtype == expected, (name, col.name, df[col.name].dtype)
     assert list(base.customers.columns) == [*TABLES["customers"].column_names, "age"]
@@ -354,7 +355,7 @@ def test_missing_required_column_rejects_every_row(tmp_path: Path, fmt: str) -> 
     assert (problem.column, problem.count) == ("cost", 6)
     assert problem.message() == (
         "transactions.cost: column missing, so all 6 rows are rejected; "
-        "expected a column named cost holding a non-negative, finite amount of currency"
+        "expected a column named cost holding a finite amount of currency, negative only for a return"
     )
     assert len(result.problems) == 1
     assert_split(result, tables, "transactions", set(range(6)))
@@ -380,7 +381,7 @@ def test_text_in_csv_money_column_is_wrong_type(tmp_path: Path) -> None:
     assert problem.example_rows == [3, 5]
     assert problem.message() == (
         "transactions.revenue: 2 rows of the wrong type (examples: abc, '12,50'; rows 3, 5); "
-        "expected a non-negative, finite amount of currency"
+        "expected a finite amount of currency, negative only for a return"
     )
     assert len(result.problems) == 1  # the emptied cells are not also reported as not_null
     assert_split(result, tables, "transactions", {3, 5})
@@ -506,26 +507,52 @@ def test_empty_string_id_in_parquet_is_null(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_negative_money(tmp_path: Path, fmt: str) -> None:
     tables = valid_tables()
-    tables["transactions"].loc[[2, 4], "revenue"] = [-5.0, -1.2]
-    tables["transactions"].loc[0, "cost"] = 0.0  # zero is a valid amount
+    tables["invoices"].loc[[0, 2], "amount"] = [-5.0, -1.2]
+    tables["interactions"].loc[0, "cost_to_serve"] = 0.0  # zero is a valid amount
     result = validate(tmp_path, tables, fmt)
 
-    problem = only(result, "transactions", "negative")
+    problem = only(result, "invoices", "negative")
     assert problem == Problem(
-        table="transactions",
-        column="revenue",
+        table="invoices",
+        column="amount",
         check="negative",
         count=2,
         examples=["-5.0", "-1.2"] if fmt == "csv" else [-5.0, -1.2],
-        example_rows=[2, 4],
+        example_rows=[0, 2],
         expected="a non-negative, finite amount of currency",
     )
     assert problem.message() == (
-        "transactions.revenue: 2 rows negative (examples: -5.0, -1.2; rows 2, 4); "
+        "invoices.amount: 2 rows negative (examples: -5.0, -1.2; rows 0, 2); "
         "expected a non-negative, finite amount of currency"
     )
     assert len(result.problems) == 1
+    assert_split(result, tables, "invoices", {0, 2})
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_returns_are_transactions_whose_revenue_and_cost_share_a_sign(tmp_path: Path, fmt: str) -> None:
+    """A return (revenue and cost at or below zero, not both zero) is a valid line; a line whose
+    revenue and cost have opposite signs is neither a sale nor a return."""
+    tables = valid_tables()
+    tx = tables["transactions"]
+    tx.loc[0, ["revenue", "cost"]] = [-10.5, -4.0]  # goods back
+    tx.loc[1, ["revenue", "cost"]] = [-20.0, 0.0]  # a credit note
+    tx.loc[2, ["revenue", "cost"]] = [-5.0, 3.0]  # neither
+    tx.loc[4, ["revenue", "cost"]] = [12.0, -6.0]  # neither
+    result = validate(tmp_path, tables, fmt)
+
+    problem = only(result, "transactions", "opposite_signs")
+    assert (problem.column, problem.count, problem.example_rows) == ("cost", 2, [2, 4])
+    assert problem.examples == ([("3.0", "-5.0"), ("-6.0", "12.0")] if fmt == "csv"
+                                else [(3.0, -5.0), (-6.0, 12.0)])
+    assert problem.message() == (
+        "transactions.cost: 2 rows of the other sign than the revenue (examples: "
+        "(3.0, -5.0), (-6.0, 12.0); rows 2, 4); expected a cost of the revenue's sign: both zero or above (a sale) "
+        "or both zero or below (a return)"
+    )
+    assert len(result.problems) == 1
     assert_split(result, tables, "transactions", {2, 4})
+    assert result.base.transactions["revenue"].tolist()[:2] == [-10.5, -20.0]
 
 
 def test_non_finite_money_in_csv(tmp_path: Path) -> None:
@@ -712,15 +739,15 @@ def test_without_as_of_events_after_today_are_rejected(tmp_path: Path) -> None:
 
 def test_row_failing_several_checks_is_rejected_once_with_every_reason(tmp_path: Path) -> None:
     tables = valid_tables()
-    tables["transactions"].loc[2, ["customer_id", "revenue", "cost"]] = ["C9", -1.0, -2.0]
+    tables["transactions"].loc[2, ["customer_id", "revenue", "cost"]] = ["C9", -1.0, 2.0]
     tables["transactions"].loc[2, "ts"] = pd.Timestamp("2030-01-01")
     result = validate(tmp_path, tables, "csv")
 
     rejects = result.rejects["transactions"]
     assert rejects["_row"].tolist() == [2]
-    assert rejects["_reasons"].tolist() == ["negative;after_as_of;unknown_customer"]
+    assert rejects["_reasons"].tolist() == ["opposite_signs;after_as_of;unknown_customer"]
     assert only(result, "transactions", "after_as_of").count == 1
-    assert {p.column for p in result.problems if p.check == "negative"} == {"revenue", "cost"}
+    assert only(result, "transactions", "opposite_signs").column == "cost"
     assert_split(result, tables, "transactions", {2})
 
 
@@ -729,7 +756,7 @@ def test_row_failing_several_checks_is_rejected_once_with_every_reason(tmp_path:
 
 def bad_base(tmp_path: Path) -> Path:
     tables = valid_tables()
-    tables["transactions"].loc[[2, 4], "revenue"] = [-5.0, -1.2]
+    tables["transactions"].loc[[2, 4], "revenue"] = [-5.0, -1.2]  # costs 3.0 and 6.0: not returns
     tables["interactions"].loc[0, "kind"] = "call"
     return write_base(tmp_path / "base", tables, "csv")
 
@@ -752,7 +779,7 @@ def test_write_report_writes_markdown_json_and_rejects(tmp_path: Path) -> None:
     assert payload["row_counts"] == result.row_counts
     assert payload["rejected_counts"]["transactions"] == 2
     assert [(p["table"], p["column"], p["check"], p["count"]) for p in payload["problems"]] == [
-        ("transactions", "revenue", "negative", 2),
+        ("transactions", "cost", "opposite_signs", 2),
         ("interactions", "kind", "not_allowed", 1),
     ]
     assert payload["problems"][0]["message"] == result.problems[0].message()
@@ -760,7 +787,7 @@ def test_write_report_writes_markdown_json_and_rejects(tmp_path: Path) -> None:
     assert written == ["interactions.parquet", "transactions.parquet"]
     rejects = pd.read_parquet(report_path / "rejects" / "transactions.parquet")
     assert rejects["_row"].tolist() == [2, 4]
-    assert rejects["_reasons"].tolist() == ["negative", "negative"]
+    assert rejects["_reasons"].tolist() == ["opposite_signs", "opposite_signs"]
     assert rejects["revenue"].tolist() == ["-5.0", "-1.2"]  # raw CSV text, untouched
     assert rejects["order_id"].tolist() == ["O3", "O5"]
 
@@ -785,8 +812,9 @@ def test_load_base_raises_with_every_message(tmp_path: Path) -> None:
     assert len(error.result.problems) == 2
     assert str(error).splitlines() == [
         f"base {base_path} failed validation with 2 problems:",
-        "- transactions.revenue: 2 rows negative (examples: -5.0, -1.2; rows 2, 4); "
-        "expected a non-negative, finite amount of currency",
+        "- transactions.cost: 2 rows of the other sign than the revenue (examples: (3.0, -5.0), "
+        "(6.0, -1.2); rows 2, 4); expected a cost of the revenue's sign: both zero or above (a sale) "
+        "or both zero or below (a return)",
         "- interactions.kind: 1 row not an allowed value (examples: call; rows 0); "
         "expected one of complaint, support, visit, campaign",
     ]
@@ -820,6 +848,7 @@ def test_features_command_sets_rejects_aside_only_when_asked(tmp_path: Path) -> 
     from typer.testing import CliRunner
 
     from crmscore.cli import app
+    from crmscore.features.io import snapshot_set_aside
 
     base_path = bad_base(tmp_path)
     out = tmp_path / "snapshot.parquet"
@@ -831,6 +860,12 @@ def test_features_command_sets_rejects_aside_only_when_asked(tmp_path: Path) -> 
     assert done.exit_code == 0, done.output
     assert len(pd.read_parquet(out)) == 4
     assert (base_path / "_validation" / "rejects" / "interactions.parquet").is_file()
+    # the snapshot says what it was built without; a clean base's says "none"
+    assert snapshot_set_aside(out) == "transactions 2, interactions 1"
+    clean = write_base(tmp_path / "clean", valid_tables(), "csv")
+    assert CliRunner().invoke(app, ["features", "--base", str(clean), "--as-of", "2024-01-07",
+                                    "--out", str(out)]).exit_code == 0
+    assert snapshot_set_aside(out) == "none"
 
 
 @pytest.mark.parametrize("defect", ["a missing column", "every row of a table"])
@@ -855,7 +890,7 @@ def test_every_check_id_is_documented() -> None:
     assert set(CHECKS) == {
         "missing_table", "missing_column", "wrong_type", "unparseable_date", "not_null",
         "non_finite", "negative", "not_allowed", "duplicate_key", "due_before_issue",
-        "paid_before_issue", "after_as_of", "unknown_customer",
+        "paid_before_issue", "opposite_signs", "after_as_of", "unknown_customer",
     }  # fmt: skip
 
 
@@ -898,6 +933,7 @@ def reference_failures(
                     fails.add(("ts", "after_as_of"))
             except ValueError:
                 fails.add(("ts", "unparseable_date"))
+        amounts = {}
         for column in ("revenue", "cost"):
             text = getattr(row, column)
             if text is None:
@@ -910,8 +946,11 @@ def reference_failures(
                 continue
             if not np.isfinite(value):
                 fails.add((column, "non_finite"))
-            elif value < 0:
-                fails.add((column, "negative"))
+            else:
+                amounts[column] = value
+        # A sale has both amounts >= 0, a return both <= 0 (either may be negative).
+        if len(amounts) == 2 and amounts["revenue"] * amounts["cost"] < 0:
+            fails.add(("cost", "opposite_signs"))
         keys.setdefault((row.order_id, row.product_category), []).append(i)
         out[i] = fails
     for rows in keys.values():

@@ -249,9 +249,37 @@ def test_fit_bundle_of_a_margin_netting_near_zero_is_not_rescaled() -> None:
     fs = FeatureSet(["orders", "revenue", "noise"], {})
     bundle = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(), label="label_margin")
     assert bundle.info["objective"] == "regression" and "margin_scale" not in bundle.info
+    rmse = bundle.info["validation_rmse"]  # Tweedie on the floored labels was tried, and lost
+    assert rmse["least_squares"] < rmse["tweedie_floored"]
     predicted = bundle.predict(bundle.encode(valid))
     assert predicted.min() < 0  # losses predicted as losses
     assert abs(predicted.mean() - valid["label_margin"].mean()) < 0.2 * valid["label_margin"].std()
+
+
+def test_fit_bundle_of_a_margin_with_returns_keeps_the_log_link() -> None:
+    # a few customers net below zero (a return bigger than what they bought in the horizon):
+    # Tweedie on the labels floored at zero, scaled to the net total, against least squares on
+    # the labels as they are; the log link's shape wins on count x value spend
+    def with_returns(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+        # customers who bought before send one earlier order back (its value is theirs)
+        rng = np.random.default_rng(seed)
+        back = (frame["orders"] > 0) & (rng.random(len(frame)) < 0.08)
+        order_value = frame.loc[back, "revenue"] / frame.loc[back, "orders"]
+        frame.loc[back, "label_margin"] -= order_value * rng.lognormal(0.0, 0.3, int(back.sum()))
+        return frame
+
+    train = with_returns(_spend_frame(6000, 0, multiplicative=True), 10)
+    valid = with_returns(_spend_frame(3000, 1, multiplicative=True), 11)
+    assert (train["label_margin"] < 0).mean() > 0.02
+    fs = FeatureSet(["orders", "revenue", "noise"], {})
+    bundle = fit_bundle(ModelKind.EXPECTED_MARGIN, train, valid, fs, TrainConfig(), label="label_margin")
+    rmse = bundle.info["validation_rmse"]
+    assert rmse["tweedie_floored"] < rmse["least_squares"]
+    assert bundle.info["objective"] == "tweedie" and bundle.info["labels_below_zero"] > 0
+    assert bundle.info["margin_scale"] != 1.0  # fitted on the net labels, as they are
+    predicted = bundle.predict(bundle.encode(valid))
+    assert predicted.min() >= 0
+    assert abs(predicted.sum() / valid["label_margin"].sum() - 1) < 0.1
 
 
 def test_fit_bundle_keeps_the_log_linear_base_when_spend_is_count_times_value() -> None:

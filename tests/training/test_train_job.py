@@ -181,13 +181,14 @@ def test_a_base_without_invoices_trains_scores_and_serves_without_a_credit_model
     shutil.rmtree(base / "_truth")  # a company's own base: no synthetic truth either
     # and one transaction that fails the contract, set aside (recorded with every run)
     transactions = pd.read_parquet(base / "transactions.parquet")
-    transactions.loc[3, "revenue"] = -1.0
+    transactions.loc[3, "revenue"] = -1.0  # its cost is positive: neither a sale nor a return
     transactions.to_parquet(base / "transactions.parquet", index=False)
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--base", str(base), "--kind", "all", "--train-snapshots", "3",
                                  "--set-aside-rejects"])
     assert result.exit_code == 0, result.output
     assert "crm-credit-risk: not trained: the credit-risk model needs an invoices table" in " ".join(result.output.split())
+    assert "goal" not in result.output  # the goals are the synthetic base's; this base has no truth
     client = MlflowClient()
     registered = {m.name for m in client.search_registered_models()}
     assert registered == {"crm-churn", "crm-propensity", "crm-expected-margin"}
