@@ -62,11 +62,45 @@ def csv_format(path: Path) -> dict[str, str]:
     return {"sep": sep, "decimal": "," if sep == ";" else "."}
 
 
+#: dates written for people (``21-08-2013``, ``12/1/2010 8:26``, ``Dec-2011``, ``01-JAN-20``):
+#: a text column is read as dates when every value parses with exactly one of these. When two
+#: fit (every day and month <= 12: is 03/04 March or April?) it is not, with a warning. fit-table
+#: keeps such a column as text; a base's date column not in ISO 8601 reads this way too
+#: (``validate``), and an ambiguous one is rejected as unparseable
+WRITTEN_DATE_FORMATS = (
+    *(f"{date}{time}" for date in ("%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%d.%m.%Y", "%Y/%m/%d",
+                                   "%d/%m/%y", "%m/%d/%y", "%d-%m-%y", "%m-%d-%y")
+      for time in ("", " %H:%M", " %H:%M:%S")),
+    "%b-%Y", "%b %Y", "%B %Y", "%b-%y", "%d-%b-%Y", "%d-%b-%y", "%d %b %Y", "%d %B %Y",
+    "%b %d, %Y", "%B %d, %Y", "%Y-%m", "%m/%Y",
+)
+
+
+def written_date_format(values: pd.Series, where: str) -> str | None:
+    """The one format of :data:`WRITTEN_DATE_FORMATS` every value (text, none missing) parses
+    with, or None: none fits, or several do (then a warning naming ``where`` and the readings).
+    Each format is tried on 200 distinct values first, so a column of words costs little."""
+    distinct = pd.Series(values.astype(str).str.strip().unique())
+    if not distinct.str.contains(r"\d", regex=True).all():  # every written date has a digit
+        return None
+
+    def fits(fmt: str, text: pd.Series) -> bool:
+        return bool(pd.to_datetime(text, format=fmt, errors="coerce").notna().all())
+
+    found = [fmt for fmt in WRITTEN_DATE_FORMATS if fits(fmt, distinct.iloc[:200]) and fits(fmt, distinct)]
+    if len(found) > 1:
+        logger.warning("%s reads as dates in %d ways (%s, e.g. %r): not read as dates", where, len(found),
+                       " or ".join(found), distinct.iloc[0])
+    return found[0] if len(found) == 1 else None
+
+
 def read_table_raw(path: Path) -> pd.DataFrame:
     """Read one table file as it is, without coercing types.
 
     CSV columns are read as text so that validation can report unparseable values
-    by row instead of pandas guessing a type and losing them.
+    by row instead of pandas guessing a type and losing them. A CSV frame's ``attrs["decimal"]``
+    holds the file's decimal mark (:func:`csv_format`: ``,`` in a ``;``-separated file), for
+    validation to read its amounts with.
     """
     path = Path(path)
     if path.suffix == ".parquet":
@@ -75,12 +109,15 @@ def read_table_raw(path: Path) -> pd.DataFrame:
     if path.suffix == ".csv":
         # the separator the header holds most of (a spreadsheet in a decimal-comma locale writes
         # ";"), and Excel's Windows-1252 when the file is not UTF-8, as fit-table reads them
-        options = {"dtype": str, "keep_default_na": False, "na_values": [""], "sep": csv_format(path)["sep"]}
+        fmt = csv_format(path)
+        options = {"dtype": str, "keep_default_na": False, "na_values": [""], "sep": fmt["sep"]}
         try:
-            return pd.read_csv(path, **options)
+            frame = pd.read_csv(path, **options)
         except UnicodeDecodeError:
             logger.warning("%s is not UTF-8; read as Windows-1252", path)
-            return pd.read_csv(path, encoding="cp1252", encoding_errors="replace", **options)
+            frame = pd.read_csv(path, encoding="cp1252", encoding_errors="replace", **options)
+        frame.attrs["decimal"] = fmt["decimal"]
+        return frame
     raise ValueError(f"unsupported table file {path}: expected one of {', '.join(FILE_SUFFIXES)}")
 
 

@@ -49,7 +49,7 @@ import pyarrow
 import pyarrow.compute as pc
 from pandera.config import ValidationDepth, config_context
 
-from crmscore.features.io import Base, read_base_raw, write_parquet_atomic
+from crmscore.features.io import Base, read_base_raw, write_parquet_atomic, written_date_format
 from crmscore.features.schema import TABLES, Column, Kind, Table
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,9 @@ _DTYPES: dict[Kind, Any] = {
 _EXPECTED: dict[Kind, str] = {
     Kind.ID: "an identifier (text or integer)",
     Kind.STRING: "a text label",
-    Kind.DATE: "a date like 2024-01-31",
-    Kind.TIMESTAMP: "a timestamp like 2024-01-31 14:05:00 (local time, no time-zone offset)",
+    Kind.DATE: "a date like 2024-01-31 (or the whole column in one written format, like 31.01.2024)",
+    Kind.TIMESTAMP: "a timestamp like 2024-01-31 14:05:00 (local time, no time-zone offset; or the whole "
+                    "column in one written format, like 31.01.2024 14:05)",
     Kind.MONEY: "a non-negative, finite amount of currency",
     Kind.SIGNED_MONEY: "a finite amount of currency, negative only for a return",
 }
@@ -357,8 +358,9 @@ def validate_frames(
             else:
                 typed_kept[name] = None
             continue
+        decimal = raw.attrs.get("decimal", ".")  # a CSV's decimal mark (io.read_table_raw)
         raw = _positional(raw)
-        typed, findings = _check_table(table, raw, limit=limit, limit_text=limit_text)
+        typed, findings = _check_table(table, raw, limit=limit, limit_text=limit_text, decimal=decimal)
         if table.references_customers and valid_customer_ids is not None:
             findings += _check_customers_known(typed, valid_customer_ids)
         kept, rejected, table_problems = _split(table, raw, typed, findings)
@@ -550,23 +552,28 @@ class _Finding:
 
 
 def _check_table(
-    table: Table, raw: pd.DataFrame, *, limit: pd.Timestamp, limit_text: str
+    table: Table, raw: pd.DataFrame, *, limit: pd.Timestamp, limit_text: str, decimal: str = "."
 ) -> tuple[pd.DataFrame, list[_Finding]]:
     """Run the checks of one table alone; return its typed frame and what failed."""
-    typed, findings = _coerce(table, raw)
+    typed, findings = _coerce(table, raw, decimal)
     findings += _run_pandera(table, typed, findings, limit=limit, limit_text=limit_text)
     findings += _check_date_order(table, typed)
     findings += _check_signs(table, typed)
     return typed, findings
 
 
-def _coerce(table: Table, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[_Finding]]:
+def _coerce(table: Table, raw: pd.DataFrame, decimal: str = ".") -> tuple[pd.DataFrame, list[_Finding]]:
+    """Coerce the contract columns; ``decimal`` is the file's decimal mark (``,`` in a CSV of a
+    decimal-comma locale, which its amounts are read with)."""
     findings: list[_Finding] = []
     typed: dict[str, pd.Series] = {}
     for col in table.columns:
         if col.name not in raw.columns:
             continue
-        series, bad = _COERCERS[col.kind](raw[col.name])
+        column = raw[col.name]
+        if decimal == "," and col.kind in (Kind.MONEY, Kind.SIGNED_MONEY):
+            column = _decimal_comma_to_point(column)
+        series, bad = _COERCERS[col.kind](column)
         typed[col.name] = series
         for check, mask in bad.items():
             rows = np.flatnonzero(mask)
@@ -575,7 +582,7 @@ def _coerce(table: Table, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[_Findin
     extra = [c for c in raw.columns if c not in typed and c not in table.column_names]
     if extra and table.allows_extra:
         for name in extra:
-            typed[name] = _read_attribute(raw[name])
+            typed[name] = _read_attribute(_decimal_comma_to_point(raw[name]) if decimal == "," else raw[name])
     elif extra:
         logger.warning(
             "%s: ignoring column(s) %s not in the contract (expected only %s)",
@@ -586,11 +593,30 @@ def _coerce(table: Table, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[_Findin
     return pd.DataFrame(typed, index=raw.index, copy=False), findings
 
 
+#: a number written with a decimal comma, its thousands grouped by dots or not: 1.234,5 or 83,56
+_DECIMAL_COMMA = r"[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?"
+
+
+def _decimal_comma_to_point(s: pd.Series) -> pd.Series:
+    """The numbers of a column written with decimal commas (``83,56``, ``1.234,56``), as text
+    with a decimal point, when some cell of it has a comma; other cells and other columns are
+    unchanged (so ``1.5`` in a column without commas stays 1.5, and text stays text)."""
+    if not _is_text(s):
+        return s
+    text = s.astype(TEXT_DTYPE)
+    if not text.str.contains(",", regex=False).any():
+        return s
+    stripped = text.str.strip()
+    written = stripped.str.fullmatch(_DECIMAL_COMMA).fillna(False).to_numpy(bool)
+    converted = stripped.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    return text.where(~written, converted)
+
+
 def _read_attribute(s: pd.Series) -> pd.Series:
     """An extra customer column, as the features will read it. Text (every CSV column is text)
     whose every value is a number is numbers, ``true``/``false`` (any case) booleans (as 1.0 /
-    0.0, the features' encoding), an ISO date or timestamp dates; other text stays text, a
-    category. So a customer's age is a number and a contract end date becomes
+    0.0, the features' encoding), an ISO date or timestamp, or a date written in one format
+    (``io.written_date_format``), dates; other text stays text, a category. So a customer's age is a number and a contract end date becomes
     ``days_since_<column>`` whether the base is CSV or Parquet. Parquet's booleans and dates
     with missing cells, which pandas reads as Python objects, become numbers and dates too;
     columns of other types (Parquet numbers, dates, categoricals) are kept as they are.
@@ -617,6 +643,8 @@ def _read_attribute(s: pd.Series) -> pd.Series:
     dates = _parse_datetimes(text)
     if dates[present].notna().all():
         return dates
+    if (fmt := written_date_format(text[present], f"customers column {s.name!r}")) is not None:
+        return pd.to_datetime(text, format=fmt, errors="coerce").astype("datetime64[ns]")
     return s
 
 
@@ -937,6 +965,14 @@ def _coerce_timestamp(s: pd.Series) -> _Coerced:
         out = pd.Series(values, index=s.index, copy=False)
     elif _is_text_like(dtype):
         out = _parse_datetimes(s)
+        if _is_text(s) and out.isna().all() and s.notna().any():
+            # no ISO date in the whole column: dates written for people, in one format for every
+            # cell (29.05.2024, 05/29/2024 15:47), as an export from a spreadsheet writes them
+            present = s[s.notna()]
+            fmt = written_date_format(present, f"column {s.name!r}")
+            if fmt is not None:
+                logger.info("column %r: dates read in the format %s", s.name, fmt)
+                out = pd.to_datetime(s, format=fmt, errors="coerce").astype("datetime64[ns]")
         failed = out.isna().to_numpy()
         if failed.any():  # only then is it worth telling empty cells from failed ones
             failed &= s.notna().to_numpy()

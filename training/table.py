@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from crmscore.bundle import ModelBundle, ModelKind
-from crmscore.features.io import DECOMPRESS, csv_format
+from crmscore.features.io import DECOMPRESS, csv_format, written_date_format
 from crmscore.training import evaluate as ev
 from crmscore.training.config import LightGBMSettings, TrainConfig
 from crmscore.training.train import (
@@ -108,16 +108,6 @@ MISSING_MARKERS = frozenset({
 })
 #: ISO 8601 dates and times, read as dates whatever the other values
 ISO_DATE = r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?$"
-#: dates written for people (``21-08-2013``, ``12/1/2010 8:26``, ``Dec-2011``, ``01-JAN-20``):
-#: a text column is read as dates when every value parses with exactly one of these. When two
-#: fit (every day and month <= 12: is 03/04 March or April?) it stays text, with a warning
-WRITTEN_DATE_FORMATS = (
-    *(f"{date}{time}" for date in ("%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%d.%m.%Y", "%Y/%m/%d",
-                                   "%d/%m/%y", "%m/%d/%y", "%d-%m-%y", "%m-%d-%y")
-      for time in ("", " %H:%M", " %H:%M:%S")),
-    "%b-%Y", "%b %Y", "%B %Y", "%b-%y", "%d-%b-%Y", "%d-%b-%y", "%d %b %Y", "%d %B %Y",
-    "%b %d, %Y", "%B %d, %Y", "%Y-%m", "%m/%Y",
-)
 #: characters LightGBM refuses in a feature name (JSON's) and whitespace, which it rewrites
 UNSAFE_NAME = r'[\s"\',:\[\]{}\\]+'
 EPOCH = pd.Timestamp("1970-01-01")
@@ -172,24 +162,6 @@ def _to_number(s: pd.Series) -> pd.Series:
             values = values.astype(np.float64)
             values[rest] = text.map(dict(zip(distinct, numbers, strict=True))).to_numpy(dtype=np.float64)
     return values
-
-
-def written_date_format(values: pd.Series, where: str) -> str | None:
-    """The one format of :data:`WRITTEN_DATE_FORMATS` every value (text, none missing) parses
-    with, or None: none fits, or several do (then a warning naming ``where`` and the readings).
-    Each format is tried on 200 distinct values first, so a column of words costs little."""
-    distinct = pd.Series(values.astype(str).str.strip().unique())
-    if not distinct.str.contains(r"\d", regex=True).all():  # every written date has a digit
-        return None
-
-    def fits(fmt: str, text: pd.Series) -> bool:
-        return bool(pd.to_datetime(text, format=fmt, errors="coerce").notna().all())
-
-    found = [fmt for fmt in WRITTEN_DATE_FORMATS if fits(fmt, distinct.iloc[:200]) and fits(fmt, distinct)]
-    if len(found) > 1:
-        logger.warning("%s reads as dates in %d ways (%s, e.g. %r): kept as text", where, len(found),
-                       " or ".join(found), distinct.iloc[0])
-    return found[0] if len(found) == 1 else None
 
 
 def _as_days(s: pd.Series, where: str, written: str | None = None) -> pd.Series:

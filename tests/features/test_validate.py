@@ -9,6 +9,7 @@ the typed base keeps the others (rows read == kept + rejected, always).
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -215,6 +216,59 @@ def test_a_semicolon_windows_1252_csv_base_reads_like_a_comma_utf8_one(tmp_path:
     for name, df in plain.tables().items():
         pd.testing.assert_frame_equal(read.tables()[name], df, obj=name)
     assert read.customers["region"].tolist()[:2] == ["München", "Île-de-France"]
+
+
+def test_a_decimal_comma_export_with_written_dates_reads_like_an_iso_one(tmp_path: Path) -> None:
+    """Excel in a German locale writes amounts with a decimal comma (``1.234,50``) and dates as
+    ``29.05.2024 15:47:16``: each column whose every date is in one written format is read in
+    it, and the amounts of a ";"-separated file with their comma. Such a base used to lose every
+    amount and every date as "wrong type" and "unparseable"."""
+    tables = valid_tables()
+    tables["transactions"].loc[1, "revenue"] = 1234.5  # written with a thousands dot
+    tables["customers"]["credit_limit"] = [1500.25, 200.0, None, 80.5]
+    tables["customers"]["contract_end"] = pd.to_datetime(["2025-03-31", None, "2026-01-15", "2025-12-01"])
+    plain = load_base(write_base(tmp_path / "plain", tables, "csv"), as_of=AS_OF)
+
+    def german(value: object, kind: str) -> str:
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return ""
+        if kind == "money":
+            return f"{value:,.2f}".replace(",", " ").replace(".", ",").replace(" ", ".")
+        stamp = pd.Timestamp(value)
+        return stamp.strftime("%d.%m.%Y %H:%M:%S" if kind == "timestamp" else "%d.%m.%Y")
+
+    kinds = {"signup_date": "date", "ts": "timestamp", "issue_date": "date", "due_date": "date",
+             "paid_date": "date", "revenue": "money", "cost": "money", "amount": "money",
+             "cost_to_serve": "money", "credit_limit": "money", "contract_end": "date"}
+    excel = tmp_path / "excel"
+    excel.mkdir()
+    for name, df in tables.items():
+        written = df.astype(object).copy()
+        for column, kind in kinds.items():
+            if column in written:
+                written[column] = [german(v, kind) for v in df[column]]
+        written.to_csv(excel / f"{name}.csv", index=False, sep=";")
+    text = (excel / "transactions.csv").read_text()
+    assert "1.234,50" in text and "02.01.2024 10:30:00" in text  # the premise
+    read = load_base(excel, as_of=AS_OF)
+    for name, df in plain.tables().items():
+        pd.testing.assert_frame_equal(read.tables()[name], df, obj=name)
+    assert read.transactions["revenue"].tolist()[1] == 1234.5
+    assert read.customers["contract_end"].dtype == np.dtype("datetime64[ns]")
+
+
+def test_dates_that_read_two_ways_are_rejected_not_guessed(tmp_path: Path, caplog) -> None:
+    """03.04.2024: the 3rd of April or March the 4th? When every day of a column is 12 or less,
+    both readings fit: the column is unparseable, with a warning naming both."""
+    tables = valid_tables()
+    raw = tables["interactions"].copy()
+    raw["ts"] = ["01/03/2024 09:00", "02/03/2024 09:00", "03/03/2024 09:00"]
+    tables["interactions"] = raw
+    with caplog.at_level(logging.WARNING, logger="crmscore.features.io"):
+        result = validate(tmp_path, tables, "csv")
+    problem = only(result, "interactions", "unparseable_date")
+    assert (problem.column, problem.count) == ("ts", 3)
+    assert "column 'ts' reads as dates in 2 ways (%d/%m/%Y %H:%M or %m/%d/%Y %H:%M" in caplog.text
 
 
 def test_customer_attributes_read_alike_from_csv_and_parquet(tmp_path: Path) -> None:
@@ -433,7 +487,7 @@ def test_unparseable_dates_and_timestamps(tmp_path: Path, fmt: str) -> None:
     assert (signup.column, signup.count, signup.examples) == ("signup_date", 1, ["2023-13-01"])
     assert signup.message() == (
         "customers.signup_date: 1 row with an unparseable date (examples: 2023-13-01; rows 1); "
-        "expected a date like 2024-01-31"
+        "expected a date like 2024-01-31 (or the whole column in one written format, like 31.01.2024)"
     )
     ts = only(result, "transactions", "unparseable_date")
     assert (ts.column, ts.count, ts.example_rows) == ("ts", 2, [2, 4])
