@@ -491,6 +491,7 @@ def score(
     from crmscore.serving.batch.job import score_base
     from crmscore.serving.batch.local import BatchError
     from crmscore.serving.policy import PolicyError, load_policy
+    from crmscore.serving.registry import LoadError
 
     try:
         loaded_policy = load_policy(policy)
@@ -511,7 +512,7 @@ def score(
                                 chunk_rows=chunk_rows, reasons=reasons, workers=workers, progress=progress)
         except KeyError as exc:  # the snapshot lacks features the models read (str() would quote it)
             raise fail(exc.args[0] if exc.args else str(exc), EXIT_INVALID_DATA) from None
-        except (FileNotFoundError, LookupError, ValueError) as exc:
+        except (FileNotFoundError, LookupError, ValueError, LoadError) as exc:
             raise fail(str(exc)) from None
         except BatchError as exc:
             raise fail(str(exc), EXIT_INVALID_DATA) from None

@@ -556,19 +556,29 @@ def prepare_loading(settings: ServingSettings) -> None:
     MlflowClient()  # builds the tracking store for the URI (cached by MLflow)
 
 
-def _load_models(settings: ServingSettings) -> ModelSet:
+def load_champions(alias: str = "champion") -> ModelSet:
+    """The four registered models at ``alias``, as one ModelSet: what the server and batch
+    scoring load. Credit risk is optional (a base without invoices has no credit model: its
+    scores are empty, a missing component). MLflow must already point at the registry.
+
+    Raises
+    ------
+    LoadError
+        A required model has no version at ``alias``, one cannot be loaded (registry
+        unreachable, artefact missing or corrupt), or the models do not fit together.
+    """
     bundles: dict[ModelKind, ModelBundle] = {}
     versions: dict[ModelKind, str] = {}
     for kind in ModelKind:
-        name = f"{kind.registered_name}@{settings.model_alias}"
+        name = f"{kind.registered_name}@{alias}"
         try:
-            bundles[kind], versions[kind] = load_registered_bundle(kind, alias=settings.model_alias)
+            bundles[kind], versions[kind] = load_registered_bundle(kind, alias=alias)
         except LookupError as exc:
             if kind in OPTIONAL_KINDS:
                 logger.warning("no %s: credit scores will be empty (listed as a missing component)", name)
                 continue
-            raise LoadError(f"registered model {kind.registered_name} has no version with alias "
-                            f"{settings.model_alias!r}", str(exc)) from exc
+            reason = f"registered model {kind.registered_name} has no version with alias {alias!r}"
+            raise LoadError(reason, "" if str(exc) == reason else str(exc)) from exc
         except Exception as exc:  # registry unreachable, artefact missing or corrupt
             raise LoadError(f"model {name} could not be loaded", f"{type(exc).__name__}: {exc}") from exc
     try:
@@ -623,7 +633,7 @@ def load_serving_bundle(settings: ServingSettings) -> ServingBundle:
         raise LoadError("the feature snapshot has duplicate customer ids",
                         f"{len(ids) - len(rows)} duplicate(s) in {settings.snapshot_path}")
     _setup_mlflow(settings)
-    models = _load_models(settings)
+    models = load_champions(settings.model_alias)
     try:
         X = np.ascontiguousarray(models.encode(frame), dtype=np.float64)
     except (KeyError, ValueError, TypeError) as exc:

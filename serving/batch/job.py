@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from crmscore.bundle import ModelKind, load_registered_bundle, setup_tracking
+from crmscore.bundle import setup_tracking
 from crmscore.serving.batch.chunks import ReasonsMode
 from crmscore.serving.batch.local import Progress, run_local
 from crmscore.serving.policy import Cutoffs, Policy, load_policy
+from crmscore.serving.registry import load_champions  # the server's loader: one rule for both
 from crmscore.serving.scoring import ModelSet
 
-logger = logging.getLogger(__name__)
-
 ENGINES = ("local", "spark")
-
-
-def load_champions(alias: str = "champion") -> ModelSet:
-    """The four registered models at ``alias`` (credit risk optional), as one ModelSet.
-
-    MLflow must already point at the registry (``MLFLOW_TRACKING_URI`` or the embedded default).
-    """
-    bundles, versions = {}, {}
-    for kind in ModelKind:
-        try:
-            bundles[kind], versions[kind] = load_registered_bundle(kind, alias=alias)
-        except LookupError:
-            if kind is ModelKind.CREDIT_RISK:  # a base without invoices has no credit model
-                logger.warning("no %s@%s: credit scores will be empty", kind.registered_name, alias)
-                continue
-            raise
-    return ModelSet.from_bundles(bundles, versions)
 
 
 @dataclass(frozen=True)

@@ -257,3 +257,18 @@ def test_a_snapshot_the_champions_cannot_read_is_a_clear_error(trained_models: A
     message = " ".join(done.stderr.split())
     assert f"error: snapshot lacks features the models read: {', '.join(dropped)}" in message, message[-1000:]
     assert not out.exists()
+
+
+def test_a_registry_without_champions_is_a_clear_error(trained_models: Any, tmp_path: Path) -> None:
+    """Scoring before anything was promoted: the error names the model and the alias (the same
+    loader as the server's), with no traceback, and nothing is written."""
+    out = tmp_path / "scores.parquet"
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"  # set_registry_uri exports the session's registry too
+    env = {**_env(trained_models), "MLFLOW_TRACKING_URI": empty, "MLFLOW_REGISTRY_URI": empty}
+    done = subprocess.run(_command(trained_models, out), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])  # nothing to run with, as a missing file
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    message = " ".join(done.stderr.split())
+    assert "error: registered model crm-churn has no version with alias 'champion'" in message, message[-1000:]
+    assert message.count("has no version") == 1, message[-1000:]
+    assert not out.exists()
