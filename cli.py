@@ -187,6 +187,9 @@ def validate(
     for name, n in result.row_counts.items():
         rejected = len(result.rejects.get(name, ()))
         logger.info("%s: %d rows read, %d rejected", name, n, rejected)
+    if result.return_lines:
+        logger.info("transactions: %d returns or credit notes (netted against revenue and margin; not purchases)",
+                    result.return_lines)
     if not result.ok:
         for problem in result.problems:
             console.print(f"[red]✗[/] {problem.message()}", highlight=False)

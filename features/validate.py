@@ -262,6 +262,9 @@ class ValidationResult:
         for name, n_read in self.row_counts.items():
             n_rejected = len(self.rejects.get(name, ()))
             lines.append(f"| `{name}` | {n_read} | {n_read - n_rejected} | {n_rejected} |")
+        if self.return_lines:
+            lines += ["", f"{self.return_lines} of the transactions kept are returns or credit notes (a negative "
+                      "revenue or cost): they net against revenue and margin and are not purchases."]
         lines += ["", "## Problems", ""]
         if self.problems:
             lines += [f"- {p.message()}" for p in self.problems]
@@ -269,12 +272,22 @@ class ValidationResult:
             lines.append("None.")
         return "\n".join(lines) + "\n"
 
+    @property
+    def return_lines(self) -> int:
+        """Transactions kept that are returns or credit notes (``schema.py``)."""
+        tx = self.base.transactions
+        if tx is None or not {"revenue", "cost"} <= set(tx.columns):
+            return 0
+        return int(((tx["revenue"] < 0) | (tx["cost"] < 0)).sum())
+
     def to_dict(self) -> dict[str, Any]:
-        """Return the result as a JSON-ready dict (problems, row counts, rejected counts)."""
+        """Return the result as a JSON-ready dict (problems, row counts, rejected counts, the
+        transactions kept that are returns)."""
         return {
             "ok": self.ok,
             "row_counts": dict(self.row_counts),
             "rejected_counts": {name: len(df) for name, df in self.rejects.items()},
+            "return_lines": self.return_lines,
             "problems": [p.to_dict() for p in self.problems],
         }
 

@@ -607,6 +607,8 @@ def test_returns_are_transactions_whose_revenue_and_cost_share_a_sign(tmp_path: 
     assert len(result.problems) == 1
     assert_split(result, tables, "transactions", {2, 4})
     assert result.base.transactions["revenue"].tolist()[:2] == [-10.5, -20.0]
+    assert result.return_lines == 2 and result.to_dict()["return_lines"] == 2
+    assert "2 of the transactions kept are returns or credit notes" in result.render()
 
 
 def test_non_finite_money_in_csv(tmp_path: Path) -> None:
