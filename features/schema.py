@@ -19,10 +19,15 @@ Time conventions, used by every feature and label:
 * a *horizon* of H days is the window ``T <= ts < T + H`` (the architecture's (T, T+H]).
 
 Money columns are in the company's currency and finite. They are non-negative except a
-transaction's ``revenue`` and ``cost``: a line with a negative revenue or cost is a *return*
-(goods sent back, a credit note), whose revenue and cost are both zero or below. A return nets
-against revenue and margin but is not a purchase: it places no order, moves no recency and
-makes no purchase label. The margin of a line is ``revenue - cost`` and may be negative.
+transaction's ``revenue`` and ``cost`` and an invoice's ``amount``:
+
+* a transaction line with a negative revenue or cost is a *return* (goods sent back, a credit
+  note), whose revenue and cost are both zero or below. A return nets against revenue and
+  margin but is not a purchase: it places no order, moves no recency and makes no purchase
+  label. The margin of a line is ``revenue - cost`` and may be negative;
+* an invoice with a negative amount is a *credit note*: while it is open (not yet applied:
+  ``paid_date`` empty or not before T) it lowers the outstanding balance; it is no invoice to
+  count, to be late with or to default on.
 """
 
 from __future__ import annotations
@@ -129,12 +134,15 @@ INVOICES = Table(
         Column("invoice_id", Kind.ID, "Invoice key, unique."),
         Column("issue_date", Kind.DATE, "Day the invoice was issued."),
         Column("due_date", Kind.DATE, "Day payment is due; not before issue_date."),
-        Column("amount", Kind.MONEY, "Invoiced amount, currency."),
-        Column("paid_date", Kind.DATE, "Day it was paid in full; empty while unpaid.", nullable=True),
+        Column("amount", Kind.SIGNED_MONEY, "Invoiced amount, currency; negative for a credit note."),
+        Column("paid_date", Kind.DATE, "Day it was paid in full (a credit note: applied); empty while unpaid.",
+               nullable=True),
     ),
     key=("invoice_id",),
     required=False,
     time_column="issue_date",
+    notes=("An invoice with a negative amount is a credit note: while open (not yet applied) it lowers the "
+           "outstanding balance; it is not counted among invoices, arrears, lateness or defaults.",),
 )
 
 INTERACTIONS = Table(

@@ -17,7 +17,9 @@ Conventions, the same in every family:
   time; an id recorded at two times counts as two purchases);
 * a *return* (a line with a negative revenue or cost, ``schema.py``) nets against revenue and
   margin, in every sum, share and the margin label; it is not a purchase: orders, recencies,
-  line counts, category breadth and the churn and purchase labels read the other lines only.
+  line counts, category breadth and the churn and purchase labels read the other lines only;
+* a *credit note* (an invoice with a negative amount) lowers the outstanding balance while it
+  is open; every other payment feature and the default label read the invoices only.
 
 The fast path works on numpy arrays in *customer position space* (each event carries the
 row of its customer): sums and counts are ``np.bincount``, extremes ``np.maximum.at``,
@@ -182,13 +184,14 @@ def _payment_specs() -> list[FeatureSpec]:
     inv = "invoices"
     paid = "invoices paid before T"
     return [
-        FeatureSpec("invoice_count_365d", "payment", "Invoices issued", "count",
+        FeatureSpec("invoice_count_365d", "payment", "Invoices issued; credit notes not counted", "count",
                     "[T-365d, T)", "int64", inv),
-        FeatureSpec("invoice_count_lifetime", "payment", "Invoices issued", "count",
+        FeatureSpec("invoice_count_lifetime", "payment", "Invoices issued; credit notes not counted", "count",
                     "before T", "int64", inv),
         FeatureSpec("open_invoice_count", "payment",
                     "Invoices issued before T and not paid before T", "count", "at T", "int64", inv),
-        FeatureSpec("outstanding_balance", "payment", "Amount of the open invoices",
+        FeatureSpec("outstanding_balance", "payment",
+                    "Amount of the open invoices; less the credit notes not yet applied",
                     "currency", "at T", "float64", inv),
         FeatureSpec("overdue_balance", "payment", "Amount of the open invoices past their due date",
                     "currency", "at T", "float64", inv),
@@ -550,11 +553,16 @@ class _Transactions:
 
 @dataclass
 class _Invoices:
-    pos: np.ndarray  # every invoice of the known customers
+    pos: np.ndarray  # every invoice of the known customers (credit notes apart)
     issue: np.ndarray
     due: np.ndarray
     paid: np.ndarray  # NAT_NS when unpaid
     amount: np.ndarray
+    #: credit notes (a negative amount): customer position, issue and application day, amount
+    credit_pos: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    credit_issue: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    credit_paid: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    credit_amount: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
 
 
 @dataclass
@@ -666,9 +674,16 @@ def _encode_invoices(inv: pd.DataFrame, customer_ids: pd.Series) -> _Invoices:
         values = to_ns(inv[column])
         return values if keep is None else values[keep]
 
+    pos = pos if keep is None else pos[keep]
+    issue, due, paid, amount = ns("issue_date"), ns("due_date"), ns("paid_date"), _numbers(inv["amount"], keep)
+    credit = amount < 0
+    if not credit.any():
+        return _Invoices(pos=pos, issue=issue, due=due, paid=paid, amount=amount)
+    owed = ~credit
     return _Invoices(
-        pos=pos if keep is None else pos[keep], issue=ns("issue_date"), due=ns("due_date"),
-        paid=ns("paid_date"), amount=_numbers(inv["amount"], keep),
+        pos=pos[owed], issue=issue[owed], due=due[owed], paid=paid[owed], amount=amount[owed],
+        credit_pos=pos[credit], credit_issue=issue[credit], credit_paid=paid[credit],
+        credit_amount=amount[credit],
     )
 
 
@@ -830,7 +845,10 @@ def _payment(c: _Chunk) -> None:
     paid = issued & (iv.paid != NAT_NS) & (iv.paid < t)
     open_ = issued & ~paid
     c.out["open_invoice_count"] = _sum(iv.pos[open_], n)
-    c.out["outstanding_balance"] = _sum(iv.pos[open_], n, iv.amount[open_])
+    # credit notes not yet applied at T lower what the customer owes
+    credit_open = (iv.credit_issue < t) & ((iv.credit_paid == NAT_NS) | (iv.credit_paid >= t))
+    c.out["outstanding_balance"] = (_sum(iv.pos[open_], n, iv.amount[open_])
+                                    + _sum(iv.credit_pos[credit_open], n, iv.credit_amount[credit_open]))
     past_due_days = np.maximum((t - iv.due) // NS_PER_DAY, 0)
     overdue = open_ & (past_due_days > 0)
     c.out["overdue_balance"] = _sum(iv.pos[overdue], n, iv.amount[overdue])

@@ -41,7 +41,8 @@ def base_small(synthetic_small: SyntheticBase) -> Base:
 
 @pytest.fixture(scope="session")
 def with_returns() -> Callable[[Base, int], Base]:
-    """``with_returns(base, seed)``: the base with returns and credit notes added."""
+    """``with_returns(base, seed)``: the base with returns (transactions) and credit notes
+    (invoices) added."""
     return _with_returns
 
 
@@ -65,8 +66,22 @@ def _with_returns(base: Base, seed: int) -> Base:
     # goods back, no money: still a return (a line of zeros is a sale: a free sample)
     returns.loc[(returns.index % 11 == 0) & (returns.index % 7 != 0), "revenue"] = 0.0
     transactions = pd.concat([tx, returns], ignore_index=True).sort_values("ts", kind="stable")
+    invoices = base.invoices
+    if invoices is not None:  # and credit notes: a tenth of the invoices partly credited back
+        credited = invoices.sample(frac=0.1, random_state=seed).reset_index(drop=True)
+        issue = credited["issue_date"] + pd.to_timedelta(rng.integers(5, 90, len(credited)), unit="D")
+        applied = issue + pd.to_timedelta(rng.integers(0, 120, len(credited)), unit="D")
+        notes = pd.DataFrame({
+            "customer_id": credited["customer_id"],
+            "invoice_id": pd.array([f"CR{i}" for i in range(len(credited))], dtype=pd.StringDtype("pyarrow")),
+            "issue_date": issue,
+            "due_date": issue,
+            "amount": -rng.choice([0.1, 0.5, 1.0], len(credited)) * credited["amount"].to_numpy(),
+            "paid_date": applied.where(rng.random(len(credited)) < 0.7),  # some never applied
+        })
+        invoices = pd.concat([invoices, notes], ignore_index=True)
     return Base(customers=base.customers, transactions=transactions.reset_index(drop=True),
-                invoices=base.invoices, interactions=base.interactions)
+                invoices=invoices, interactions=base.interactions)
 
 
 @pytest.fixture(scope="session")

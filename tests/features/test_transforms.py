@@ -406,13 +406,17 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
                                                if x["ts"] >= t - timedelta(days=d))
             r["current_value_365d"] = r["margin_365d"] - r["cost_to_serve_365d"]
         if base.invoices is not None:
-            issued = [x for x in invs[c["customer_id"]] if x["issue_date"] < t]
+            mine = [x for x in invs[c["customer_id"]] if x["amount"] >= 0]  # credit notes apart
+            notes = [x for x in invs[c["customer_id"]] if x["amount"] < 0]
+            issued = [x for x in mine if x["issue_date"] < t]
             r["invoice_count_365d"] = sum(1 for x in issued if x["issue_date"] >= t - timedelta(days=365))
             r["invoice_count_lifetime"] = len(issued)
             paid = [x for x in issued if not pd.isna(x["paid_date"]) and x["paid_date"] < t]
             open_ = [x for x in issued if x not in paid]
             r["open_invoice_count"] = len(open_)
-            r["outstanding_balance"] = sum(x["amount"] for x in open_)
+            r["outstanding_balance"] = sum(x["amount"] for x in open_) + sum(
+                x["amount"] for x in notes
+                if x["issue_date"] < t and (pd.isna(x["paid_date"]) or x["paid_date"] >= t))
             r["overdue_balance"] = sum(x["amount"] for x in open_ if x["due_date"] < t)
             r["current_days_past_due"] = max([(t - x["due_date"]).days for x in open_ if x["due_date"] < t],
                                              default=0)
@@ -445,7 +449,7 @@ def reference_snapshot(base: Base, as_of: date, horizon_days: int, categories: l
             for cat, slug in zip(categories, category_slugs(categories), strict=True):
                 r[f"label_purchase_{slug}"] = int(any(x["product_category"] == cat for x in horizon_bought))
             if base.invoices is not None:
-                mine = invs[c["customer_id"]]
+                mine = [x for x in invs[c["customer_id"]] if x["amount"] >= 0]  # no credit notes
                 if any(x["issue_date"] < t for x in mine):
                     r["label_default"] = float(any(
                         t <= x["due_date"] + timedelta(days=90) < end
@@ -491,7 +495,7 @@ def test_reference_on_a_synthetic_base(as_of: date) -> None:
 
 
 @pytest.mark.parametrize("as_of", [date(2023, 2, 1), date(2024, 10, 3)])
-def test_returns_net_the_money_and_are_not_purchases(as_of: date, with_returns) -> None:
+def test_returns_and_credit_notes_net_the_money_and_are_not_purchases(as_of: date, with_returns) -> None:
     base = with_returns(synthetic_base(120, seed=7), seed=1)
     assert (base.transactions["revenue"] < 0).sum() > 100
     categories = sorted(base.transactions["product_category"].unique())
@@ -505,6 +509,11 @@ def test_returns_net_the_money_and_are_not_purchases(as_of: date, with_returns) 
     assert (fast["order_count_lifetime"] == plain["order_count_lifetime"]).all()
     assert (fast["label_churn"].fillna(-1) == plain["label_churn"].fillna(-1)).all()
     assert fast["label_margin"].sum() < plain["label_margin"].sum()
+    # credit notes lower the balance while open; they are no invoices to count or default on
+    assert (base.invoices["amount"] < 0).sum() > 10
+    assert (fast["outstanding_balance"] < plain["outstanding_balance"]).any()
+    for column in ("invoice_count_lifetime", "open_invoice_count", "max_days_late", "label_default"):
+        pd.testing.assert_series_equal(fast[column], plain[column])
 
 
 def test_a_customer_who_only_sends_goods_back() -> None:

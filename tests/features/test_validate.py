@@ -561,14 +561,15 @@ def test_empty_string_id_in_parquet_is_null(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_negative_money(tmp_path: Path, fmt: str) -> None:
     tables = valid_tables()
-    tables["invoices"].loc[[0, 2], "amount"] = [-5.0, -1.2]
-    tables["interactions"].loc[0, "cost_to_serve"] = 0.0  # zero is a valid amount
+    tables["interactions"].loc[[0, 2], "cost_to_serve"] = [-5.0, -1.2]
+    tables["interactions"].loc[1, "cost_to_serve"] = 0.0  # zero is a valid amount
+    tables["invoices"].loc[1, "amount"] = -7.25  # a credit note: valid
     result = validate(tmp_path, tables, fmt)
 
-    problem = only(result, "invoices", "negative")
+    problem = only(result, "interactions", "negative")
     assert problem == Problem(
-        table="invoices",
-        column="amount",
+        table="interactions",
+        column="cost_to_serve",
         check="negative",
         count=2,
         examples=["-5.0", "-1.2"] if fmt == "csv" else [-5.0, -1.2],
@@ -576,11 +577,12 @@ def test_negative_money(tmp_path: Path, fmt: str) -> None:
         expected="a non-negative, finite amount of currency",
     )
     assert problem.message() == (
-        "invoices.amount: 2 rows negative (examples: -5.0, -1.2; rows 0, 2); "
+        "interactions.cost_to_serve: 2 rows negative (examples: -5.0, -1.2; rows 0, 2); "
         "expected a non-negative, finite amount of currency"
     )
     assert len(result.problems) == 1
-    assert_split(result, tables, "invoices", {0, 2})
+    assert_split(result, tables, "interactions", {0, 2})
+    assert result.base.invoices["amount"].tolist()[1] == -7.25
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
