@@ -452,6 +452,10 @@ def fit_table_command(
     base = ""
     if info.get("log_linear_base"):
         base = ", least squares boosted from an additive GLM base" if info.get("additive_base") else ", boosted from a GLM base"
+    if "cv_floored_rmse" in info:  # a margin with losses: least squares or Tweedie on the floored labels
+        chosen = min(info["cv_floored_rmse"], key=info["cv_floored_rmse"].get)
+        base += (", Tweedie on the target floored at zero, scaled to its net total" if chosen == "tweedie_floored"
+                 else ", least squares (the target has losses)")
     logger.info("model: %d trees of up to %s leaves%s%s", info["trees"], info.get("num_leaves", "?"), base, smoothing)
     for split in ("validation", "test"):
         values = result.metrics.get(split, {})

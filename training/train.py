@@ -539,6 +539,40 @@ def fit_bundle_cv(
     targets: Sequence[PropensityTarget] = (),
     n_folds: int = 5,
 ) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
+    """:func:`_fit_bundle_cv`; for expected margin with labels below zero (returns, losses),
+    also on the labels floored at zero, as :func:`fit_bundle` does on validation customers.
+
+    Tweedie needs labels of zero or above, so such a margin is fitted by least squares; the
+    other candidate is the fit to the floored labels (Tweedie, with its own choices), scaled to
+    the net total out of fold. Whichever has the lower out-of-fold RMSE against the labels as
+    they are is kept (both in ``info["cv_floored_rmse"]``)."""
+    bundle, oof, y = _fit_bundle_cv(kind, frame, features, config, label=label, targets=targets, n_folds=n_folds)
+    if kind is not ModelKind.EXPECTED_MARGIN or not (y < 0).any():
+        return bundle, oof, y
+    labels = pd.to_numeric(frame[label], errors="coerce")
+    floored_frame = frame.assign(**{label: labels.clip(lower=0.0)})
+    floored, floored_oof, _ = _fit_bundle_cv(kind, floored_frame, features, config, label=label,
+                                              targets=targets, n_folds=n_folds)
+    unscaled = floored_oof / float(floored.info.get("margin_scale", 1.0))
+    floored.info["margin_scale"] = balance_scale(y, unscaled)
+    floored_oof = unscaled * floored.info["margin_scale"]
+    rmse = {"least_squares": float(np.sqrt(np.mean((oof - y) ** 2))),
+            "tweedie_floored": float(np.sqrt(np.mean((floored_oof - y) ** 2)))}
+    chosen, chosen_oof = (floored, floored_oof) if rmse["tweedie_floored"] < rmse["least_squares"] else (bundle, oof)
+    chosen.info["cv_floored_rmse"] = rmse
+    return chosen, chosen_oof, y
+
+
+def _fit_bundle_cv(
+    kind: ModelKind,
+    frame: pd.DataFrame,
+    features: FeatureSet,
+    config: TrainConfig,
+    *,
+    label: str,
+    targets: Sequence[PropensityTarget] = (),
+    n_folds: int = 5,
+) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
     """Fit on *all* rows of a smaller table, choosing trees and calibration by cross-validation.
 
     ``lgb.cv`` picks the number of trees by early stopping across ``n_folds`` folds, for each
