@@ -538,40 +538,7 @@ def fit_bundle_cv(
     label: str,
     targets: Sequence[PropensityTarget] = (),
     n_folds: int = 5,
-) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
-    """:func:`_fit_bundle_cv`; for expected margin with labels below zero (returns, losses),
-    also on the labels floored at zero, as :func:`fit_bundle` does on validation customers.
-
-    Tweedie needs labels of zero or above, so such a margin is fitted by least squares; the
-    other candidate is the fit to the floored labels (Tweedie, with its own choices), scaled to
-    the net total out of fold. Whichever has the lower out-of-fold RMSE against the labels as
-    they are is kept (both in ``info["cv_floored_rmse"]``)."""
-    bundle, oof, y = _fit_bundle_cv(kind, frame, features, config, label=label, targets=targets, n_folds=n_folds)
-    if kind is not ModelKind.EXPECTED_MARGIN or not (y < 0).any():
-        return bundle, oof, y
-    labels = pd.to_numeric(frame[label], errors="coerce")
-    floored_frame = frame.assign(**{label: labels.clip(lower=0.0)})
-    floored, floored_oof, _ = _fit_bundle_cv(kind, floored_frame, features, config, label=label,
-                                              targets=targets, n_folds=n_folds)
-    unscaled = floored_oof / float(floored.info.get("margin_scale", 1.0))
-    floored.info["margin_scale"] = balance_scale(y, unscaled)
-    floored_oof = unscaled * floored.info["margin_scale"]
-    rmse = {"least_squares": float(np.sqrt(np.mean((oof - y) ** 2))),
-            "tweedie_floored": float(np.sqrt(np.mean((floored_oof - y) ** 2)))}
-    chosen, chosen_oof = (floored, floored_oof) if rmse["tweedie_floored"] < rmse["least_squares"] else (bundle, oof)
-    chosen.info["cv_floored_rmse"] = rmse
-    return chosen, chosen_oof, y
-
-
-def _fit_bundle_cv(
-    kind: ModelKind,
-    frame: pd.DataFrame,
-    features: FeatureSet,
-    config: TrainConfig,
-    *,
-    label: str,
-    targets: Sequence[PropensityTarget] = (),
-    n_folds: int = 5,
+    floored_candidate: bool = True,
 ) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
     """Fit on *all* rows of a smaller table, choosing trees and calibration by cross-validation.
 
@@ -584,6 +551,11 @@ def _fit_bundle_cv(
     (each from a fold booster that did not train on the row); the final booster is trained on
     every row with that many trees.
     Propensity here is one target (``targets`` of length 1), the flat-table case.
+
+    Expected margin with labels below zero (returns, losses) is fitted by least squares, as
+    Tweedie needs labels of zero or above; with ``floored_candidate`` the fit is also made on
+    the labels floored at zero and the better kept (:func:`_choose_floored`), as
+    :func:`fit_bundle` does on validation customers.
 
     Returns
     -------
@@ -772,7 +744,29 @@ def _fit_bundle_cv(
             proto.info["margin_scale"] = balance_scale(y, proto.from_raw(oof_raw))
         oof = proto.from_raw(oof_raw)
     logger.info("%s: %d trees chosen by %d-fold cross-validation on %d rows", kind.value, best, n_folds, len(y))
+    if floored_candidate and kind is ModelKind.EXPECTED_MARGIN and (y < 0).any():
+        floored = frame.assign(**{label: pd.to_numeric(frame[label], errors="coerce").clip(lower=0.0)})
+        return _choose_floored((proto, oof), fit_bundle_cv(kind, floored, features, config, label=label, targets=targets,
+                                                           n_folds=n_folds, floored_candidate=False), y)
     return proto, oof, y
+
+
+def _choose_floored(
+    least_squares: tuple[ModelBundle, np.ndarray], floored: tuple[ModelBundle, np.ndarray, np.ndarray], y: np.ndarray
+) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
+    """A margin with losses: the least-squares fit, or the fit to the labels floored at zero
+    (Tweedie, with its own choices) scaled out of fold to the net total of ``y``, whichever has
+    the lower out-of-fold RMSE against ``y`` (both in ``info["cv_floored_rmse"]``)."""
+    bundle, oof = least_squares
+    tweedie, tweedie_oof, _ = floored
+    unscaled = tweedie_oof / float(tweedie.info.get("margin_scale", 1.0))
+    tweedie.info["margin_scale"] = balance_scale(y, unscaled)
+    tweedie_oof = unscaled * tweedie.info["margin_scale"]
+    rmse = {"least_squares": float(np.sqrt(np.mean((oof - y) ** 2))),
+            "tweedie_floored": float(np.sqrt(np.mean((tweedie_oof - y) ** 2)))}
+    chosen, chosen_oof = (tweedie, tweedie_oof) if rmse["tweedie_floored"] < rmse["least_squares"] else (bundle, oof)
+    chosen.info["cv_floored_rmse"] = rmse
+    return chosen, chosen_oof, y
 
 
 # --- the baseline ----------------------------------------------------------------------------
