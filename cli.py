@@ -168,6 +168,7 @@ def validate(
         Path | None,
         typer.Option("--report", help="Folder for report.md, report.json and rejects/ (default BASE/_validation)."),
     ] = None,
+    timezone: TimezoneOption = None,
 ) -> None:
     """Check a base against the data contract; write a report and the rejected rows.
 
@@ -179,8 +180,8 @@ def validate(
 
     when = parse_date(as_of, "--as-of") if as_of else None
     try:
-        result = validate_base(base, as_of=when)
-    except BaseNotFoundError as exc:
+        result = validate_base(base, as_of=when, timezone=timezone)
+    except (BaseNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     report_path = report or Path(base) / "_validation"
     write_report(result, report_path)
@@ -231,6 +232,12 @@ def datasets_cdnow(
 # --- features -----------------------------------------------------------------------------
 
 
+TimezoneOption = Annotated[
+    str | None,
+    typer.Option("--timezone",
+                 help="The company's time zone (IANA, e.g. Europe/Berlin): timestamps with an offset (+02:00, Z) "
+                      "are converted to its local time. Without it they fail the contract."),
+]
 SetAsideOption = Annotated[
     bool,
     typer.Option("--set-aside-rejects",
@@ -253,6 +260,7 @@ def features(
     ] = None,
     catalogue: Annotated[bool, typer.Option("--catalogue", help="Print the feature catalogue and exit.")] = False,
     set_aside_rejects: SetAsideOption = False,
+    timezone: TimezoneOption = None,
 ) -> None:
     """Build a point-in-time feature snapshot: one row per customer known at --as-of.
 
@@ -268,7 +276,7 @@ def features(
         return
     when = parse_date(as_of, "--as-of")
     try:
-        loaded = load_base(base, set_aside_rejects=set_aside_rejects)
+        loaded = load_base(base, set_aside_rejects=set_aside_rejects, timezone=timezone)
         snapshot = build_snapshot(loaded, when, horizon_days, engine=engine, master=master, with_labels=labels)
     except BaseNotFoundError as exc:
         raise fail(str(exc)) from None
@@ -328,6 +336,7 @@ def train(
     master: Annotated[str | None, typer.Option("--master", help="Spark master URL.")] = None,
     config: ConfigOption = None,
     set_aside_rejects: SetAsideOption = False,
+    timezone: TimezoneOption = None,
 ) -> None:
     """Train, evaluate and register models in MLflow (experiments and models crm-<kind>).
 
@@ -344,7 +353,7 @@ def train(
     when = parse_date(as_of, "--as-of") if as_of else None
     try:
         report = train_job(base, kinds, settings, test_as_of=when, engine=engine, master=master,
-                           set_aside_rejects=set_aside_rejects)
+                           set_aside_rejects=set_aside_rejects, timezone=timezone)
     except BaseNotFoundError as exc:
         raise fail(str(exc)) from None
     except BaseValidationError as exc:

@@ -41,6 +41,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -121,8 +122,9 @@ _EXPECTED: dict[Kind, str] = {
     Kind.ID: "an identifier (text or integer)",
     Kind.STRING: "a text label",
     Kind.DATE: "a date like 2024-01-31 (or the whole column in one written format, like 31.01.2024)",
-    Kind.TIMESTAMP: "a timestamp like 2024-01-31 14:05:00 (local time, no time-zone offset; or the whole "
-                    "column in one written format, like 31.01.2024 14:05)",
+    Kind.TIMESTAMP: "a timestamp like 2024-01-31 14:05:00 (local time: an offset such as +02:00 only with the "
+                    "company's time zone given, --timezone; or the whole column in one written format, like "
+                    "31.01.2024 14:05)",
     Kind.MONEY: "a non-negative, finite amount of currency",
     Kind.SIGNED_MONEY: "a finite amount of currency, negative only for a return",
 }
@@ -309,7 +311,7 @@ class BaseValidationError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
-def validate_base(base_path: Path, *, as_of: date | None = None) -> ValidationResult:
+def validate_base(base_path: Path, *, as_of: date | None = None, timezone: str | None = None) -> ValidationResult:
     """Read a base folder and check it against the data contract.
 
     Parameters
@@ -319,6 +321,11 @@ def validate_base(base_path: Path, *, as_of: date | None = None) -> ValidationRe
     as_of : date, optional
         Events on or after this day are rejected (``after_as_of``). Default: events after
         today (``date.today()``) are rejected.
+    timezone : str, optional
+        The company's time zone (IANA, ``Europe/Berlin``). Timestamps that carry an offset
+        (``2024-05-29 15:47:16+02:00``, ``...Z``; time-zone-aware Parquet columns) are converted
+        to its local time, which is what the contract's naive timestamps are. Without it they
+        are rejected: converting needs the zone, and guessing it would shift events by hours.
 
     Returns
     -------
@@ -331,11 +338,11 @@ def validate_base(base_path: Path, *, as_of: date | None = None) -> ValidationRe
         If the folder or a required table does not exist.
     """
     frames = read_base_raw(Path(base_path))
-    return validate_frames(frames, as_of=as_of)
+    return validate_frames(frames, as_of=as_of, timezone=timezone)
 
 
 def validate_frames(
-    frames: Mapping[str, pd.DataFrame], *, as_of: date | None = None
+    frames: Mapping[str, pd.DataFrame], *, as_of: date | None = None, timezone: str | None = None
 ) -> ValidationResult:
     """Check raw frames against the data contract; the pure core of :func:`validate_base`.
 
@@ -344,7 +351,7 @@ def validate_frames(
     frames : mapping of str to DataFrame
         Raw tables by contract name, as :func:`crmscore.features.io.read_base_raw` returns
         them (CSV as text, Parquet as stored). Rows are numbered by position.
-    as_of : date, optional
+    as_of, timezone : optional
         See :func:`validate_base`.
 
     Returns
@@ -354,6 +361,7 @@ def validate_frames(
         an empty typed frame.
     """
     limit, limit_text = _as_of_limit(as_of)
+    zone = check_timezone(timezone)
     problems: list[Problem] = []
     typed_kept: dict[str, pd.DataFrame | None] = {}
     rejects: dict[str, pd.DataFrame] = {}
@@ -373,7 +381,7 @@ def validate_frames(
             continue
         decimal = raw.attrs.get("decimal", ".")  # a CSV's decimal mark (io.read_table_raw)
         raw = _positional(raw)
-        typed, findings = _check_table(table, raw, limit=limit, limit_text=limit_text, decimal=decimal)
+        typed, findings = _check_table(table, raw, limit=limit, limit_text=limit_text, decimal=decimal, zone=zone)
         if table.references_customers and valid_customer_ids is not None:
             findings += _check_customers_known(typed, valid_customer_ids)
         kept, rejected, table_problems = _split(table, raw, typed, findings)
@@ -398,14 +406,16 @@ def validate_frames(
 STRUCTURAL_CHECKS = ("missing_table", "missing_column")
 
 
-def load_base(base_path: Path, *, as_of: date | None = None, set_aside_rejects: bool = False) -> Base:
+def load_base(
+    base_path: Path, *, as_of: date | None = None, set_aside_rejects: bool = False, timezone: str | None = None
+) -> Base:
     """Validate a base and return its typed frames.
 
     Parameters
     ----------
     base_path : Path
         Base folder, see :func:`validate_base`.
-    as_of : date, optional
+    as_of, timezone : optional
         See :func:`validate_base`.
     set_aside_rejects : bool
         Go on with the rows that pass when some rows fail: the report and the rejected rows
@@ -428,7 +438,7 @@ def load_base(base_path: Path, *, as_of: date | None = None, set_aside_rejects: 
     crmscore.features.io.BaseNotFoundError
         If the folder or a required table does not exist.
     """
-    result = validate_base(base_path, as_of=as_of)
+    result = validate_base(base_path, as_of=as_of, timezone=timezone)
     if result.ok:
         return result.base
     structural = any(p.check in STRUCTURAL_CHECKS for p in result.problems)
@@ -565,19 +575,23 @@ class _Finding:
 
 
 def _check_table(
-    table: Table, raw: pd.DataFrame, *, limit: pd.Timestamp, limit_text: str, decimal: str = "."
+    table: Table, raw: pd.DataFrame, *, limit: pd.Timestamp, limit_text: str, decimal: str = ".",
+    zone: ZoneInfo | None = None,
 ) -> tuple[pd.DataFrame, list[_Finding]]:
     """Run the checks of one table alone; return its typed frame and what failed."""
-    typed, findings = _coerce(table, raw, decimal)
+    typed, findings = _coerce(table, raw, decimal, zone)
     findings += _run_pandera(table, typed, findings, limit=limit, limit_text=limit_text)
     findings += _check_date_order(table, typed)
     findings += _check_signs(table, typed)
     return typed, findings
 
 
-def _coerce(table: Table, raw: pd.DataFrame, decimal: str = ".") -> tuple[pd.DataFrame, list[_Finding]]:
+def _coerce(
+    table: Table, raw: pd.DataFrame, decimal: str = ".", zone: ZoneInfo | None = None
+) -> tuple[pd.DataFrame, list[_Finding]]:
     """Coerce the contract columns; ``decimal`` is the file's decimal mark (``,`` in a CSV of a
-    decimal-comma locale, which its amounts are read with)."""
+    decimal-comma locale, which its amounts are read with); ``zone`` the company's time zone,
+    which timestamps with an offset are converted to (without it they are rejected)."""
     findings: list[_Finding] = []
     typed: dict[str, pd.Series] = {}
     for col in table.columns:
@@ -586,6 +600,8 @@ def _coerce(table: Table, raw: pd.DataFrame, decimal: str = ".") -> tuple[pd.Dat
         column = raw[col.name]
         if decimal == "," and col.kind in (Kind.MONEY, Kind.SIGNED_MONEY):
             column = _decimal_comma_to_point(column)
+        if zone is not None and col.kind in (Kind.DATE, Kind.TIMESTAMP):
+            column = _to_local_time(column, zone)
         series, bad = _COERCERS[col.kind](column)
         typed[col.name] = series
         for check, mask in bad.items():
@@ -950,6 +966,37 @@ def _parse_numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nan_literal[np.flatnonzero(failed)] = text.isin(_NAN_LITERALS).to_numpy()
         failed &= ~nan_literal
     return values, present, failed
+
+
+def check_timezone(timezone: str | None) -> ZoneInfo | None:
+    """The IANA time zone named ``timezone`` (None for None); a clear ValueError otherwise."""
+    if timezone is None:
+        return None
+    try:
+        return ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {timezone!r}: expected an IANA name such as Europe/Berlin, "
+                         "America/New_York or UTC") from None
+
+
+def _to_local_time(s: pd.Series, zone: ZoneInfo) -> pd.Series:
+    """Timestamps with an offset (text ending in ``+02:00`` or ``Z``, or a time-zone-aware column)
+    as naive local times of ``zone``; every other cell unchanged, as text for the coercer."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return s.dt.tz_convert(zone).dt.tz_localize(None)
+    if not _is_text(s):
+        return s
+    text = s.astype(TEXT_DTYPE)
+    offset = text.str.strip().str.contains(_OFFSET_RE.pattern, regex=True).fillna(False).to_numpy(bool)
+    if not offset.any():
+        return s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aware = pd.to_datetime(text[offset].str.strip(), format="ISO8601", utc=True, errors="coerce")
+    local = aware.dt.tz_convert(zone).dt.tz_localize(None).dt.strftime("%Y-%m-%d %H:%M:%S.%f")
+    out = text.copy()
+    out[offset] = local.where(aware.notna(), text[offset])  # what does not parse stays, and fails as before
+    return out
 
 
 def _coerce_date(s: pd.Series) -> _Coerced:

@@ -290,6 +290,7 @@ def prepare_training_data(
     test_max_customers: int = TEST_MAX_CUSTOMERS,
     truth_max_customers: int = TRUTH_MAX_CUSTOMERS,
     set_aside_rejects: bool = False,
+    timezone: str | None = None,
 ) -> TrainingData:
     """Validate the base, stack the snapshots, and (synthetic bases) load the truth.
 
@@ -308,7 +309,7 @@ def prepare_training_data(
     )
     from crmscore.features.validate import load_base
 
-    base = load_base(base_path, set_aside_rejects=set_aside_rejects)
+    base = load_base(base_path, set_aside_rejects=set_aside_rejects, timezone=timezone)
     available = monthly_as_of_dates(base, config.horizon_days)
     train_dates, test_date = choose_as_of_dates(available, config.horizon_days, config.train_snapshots, test_as_of)
     logger.info("training on as-of %s; testing out of time on %s", ", ".join(map(str, train_dates)), test_date)
@@ -444,6 +445,7 @@ def train_job(
     test_max_customers: int = TEST_MAX_CUSTOMERS,
     truth_max_customers: int = TRUTH_MAX_CUSTOMERS,
     set_aside_rejects: bool = False,
+    timezone: str | None = None,
 ) -> TrainReport:
     """``crmscore train``: fit each kind, log and register it in MLflow.
 
@@ -458,7 +460,7 @@ def train_job(
     """
     data = prepare_training_data(base_path, config, test_as_of=test_as_of, engine=engine, master=master,
                                  test_max_customers=test_max_customers, truth_max_customers=truth_max_customers,
-                                 set_aside_rejects=set_aside_rejects)
+                                 set_aside_rejects=set_aside_rejects, timezone=timezone)
     skipped = {kind: reason for kind in kinds if (reason := missing_input(kind, data)) is not None}
     if skipped and len(skipped) == len(kinds):
         raise ValueError("; ".join(skipped.values()))

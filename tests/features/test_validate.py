@@ -271,6 +271,48 @@ def test_dates_that_read_two_ways_are_rejected_not_guessed(tmp_path: Path, caplo
     assert "column 'ts' reads as dates in 2 ways (%d/%m/%Y %H:%M or %m/%d/%Y %H:%M" in caplog.text
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_timestamps_with_offsets_are_read_in_the_companys_time_zone_when_given(tmp_path: Path, fmt: str) -> None:
+    """A warehouse export carries offsets (text ``+01:00``, ``Z``; a time-zone-aware Parquet
+    column). Without the company's zone they fail the contract, as before; with it, each is the
+    local time it was there (winter +01:00, summer +02:00 in Berlin), and naive cells stay."""
+    tables = valid_tables()
+    stamps = ["2024-01-01T09:30:00+00:00", "2024-01-02 10:30:00+01:00", "2024-01-03 10:30:00",
+              "2024-01-04T09:30:00Z", "2024-01-05 10:30:00", "2024-01-06 09:30:00Z"]
+    expected = [pd.Timestamp(f"2024-01-0{d} 10:30:00") for d in range(1, 7)]
+    tables["transactions"]["ts"] = stamps
+    if fmt == "parquet":  # Parquet: an aware column, in UTC
+        tables["transactions"]["ts"] = pd.to_datetime(stamps, format="ISO8601", utc=True)
+        tables["transactions"].loc[[2, 4], "ts"] = pd.to_datetime(["2024-01-03 09:30", "2024-01-05 09:30"], utc=True)
+    path = write_base(tmp_path / "base", tables, fmt)
+
+    refused = validate_base(path, as_of=AS_OF)
+    assert not refused.ok and len(refused.rejects["transactions"]) == (6 if fmt == "parquet" else 4)
+    read = load_base(path, as_of=AS_OF, timezone="Europe/Berlin")
+    assert read.transactions["ts"].tolist() == expected
+    assert read.transactions["ts"].dtype == np.dtype("datetime64[ns]")
+    summer = tables["transactions"].copy()
+    summer["ts"] = ["2024-07-01T08:30:00Z"] * 6 if fmt == "csv" else pd.to_datetime(["2024-07-01T08:30:00Z"] * 6, utc=True)
+    summer["order_id"] = [f"S{i}" for i in range(6)]
+    path = write_base(tmp_path / "summer", {**tables, "transactions": summer}, fmt)
+    assert load_base(path, as_of=date(2024, 12, 1), timezone="Europe/Berlin").transactions["ts"].iloc[0] == (
+        pd.Timestamp("2024-07-01 10:30:00"))
+
+
+def test_an_unknown_time_zone_is_a_clear_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crmscore.cli import app
+
+    path = write_base(tmp_path / "base", valid_tables(), "csv")
+    with pytest.raises(ValueError, match="unknown time zone 'Europe/Atlantis': expected an IANA name"):
+        load_base(path, timezone="Europe/Atlantis")
+    for command in (["validate"], ["features", "--as-of", "2024-01-07", "--out", str(tmp_path / "s.parquet")],
+                    ["train", "--kind", "churn"]):
+        done = CliRunner().invoke(app, [*command, "--base", str(path), "--timezone", "CEST"])
+        assert done.exit_code == 2 and "unknown time zone 'CEST'" in " ".join(done.output.split()), command
+
+
 def test_customer_attributes_read_alike_from_csv_and_parquet(tmp_path: Path) -> None:
     """Every CSV column is text: an attribute whose every value is a number, true/false or an
     ISO date is read as one, so the snapshot of a base is the same in either format (an age
