@@ -126,7 +126,7 @@ _EXPECTED: dict[Kind, str] = {
                     "company's time zone given, --timezone; or the whole column in one written format, like "
                     "31.01.2024 14:05)",
     Kind.MONEY: "a non-negative, finite amount of currency",
-    Kind.SIGNED_MONEY: "a finite amount of currency, negative only for a return",
+    Kind.SIGNED_MONEY: "a finite amount of currency (negative for a return or a credit note)",
 }
 
 #: Event columns checked against the as-of date besides each table's ``time_column``.
@@ -645,8 +645,9 @@ def _read_attribute(s: pd.Series) -> pd.Series:
     """An extra customer column, as the features will read it. Text (every CSV column is text)
     whose every value is a number is numbers, ``true``/``false`` (any case) booleans (as 1.0 /
     0.0, the features' encoding), an ISO date or timestamp, or a date written in one format
-    (``io.written_date_format``), dates; other text stays text, a category. So a customer's age is a number and a contract end date becomes
-    ``days_since_<column>`` whether the base is CSV or Parquet. Parquet's booleans and dates
+    (``io.written_date_format``), dates; other text stays text, a category. So a customer's
+    age is a number and a contract end date becomes ``days_since_<column>`` whether the base
+    is CSV or Parquet. Parquet's booleans and dates
     with missing cells, which pandas reads as Python objects, become numbers and dates too;
     columns of other types (Parquet numbers, dates, categoricals) are kept as they are.
     Missing cells stay missing."""

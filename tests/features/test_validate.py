@@ -451,7 +451,7 @@ def test_missing_required_column_rejects_every_row(tmp_path: Path, fmt: str) -> 
     assert (problem.column, problem.count) == ("cost", 6)
     assert problem.message() == (
         "transactions.cost: column missing, so all 6 rows are rejected; "
-        "expected a column named cost holding a finite amount of currency, negative only for a return"
+        "expected a column named cost holding a finite amount of currency (negative for a return or a credit note)"
     )
     assert len(result.problems) == 1
     assert_split(result, tables, "transactions", set(range(6)))
@@ -477,7 +477,7 @@ def test_text_in_csv_money_column_is_wrong_type(tmp_path: Path) -> None:
     assert problem.example_rows == [3, 5]
     assert problem.message() == (
         "transactions.revenue: 2 rows of the wrong type (examples: abc, '12,50'; rows 3, 5); "
-        "expected a finite amount of currency, negative only for a return"
+        "expected a finite amount of currency (negative for a return or a credit note)"
     )
     assert len(result.problems) == 1  # the emptied cells are not also reported as not_null
     assert_split(result, tables, "transactions", {3, 5})
