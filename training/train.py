@@ -216,7 +216,7 @@ def fit_settings(proto: ModelBundle, y: np.ndarray, config: TrainConfig, label: 
 
     Expected margin: Tweedie needs a non-negative target; with loss-making rows (or returns) it
     falls back to least squares (``fit_bundle`` then also tries Tweedie on the labels floored at
-    zero: ``_choose_margin_objective``). Classifiers: a 0/1 target, rare positives up-weighted.
+    zero: ``_lower_rmse``). Classifiers: a 0/1 target, rare positives up-weighted.
     """
     kind = proto.kind
     objective = SPECS[kind].objective
@@ -333,31 +333,33 @@ def fit_bundle(
 
     proto = fit(proto, y, yv)
     if kind is ModelKind.EXPECTED_MARGIN and proto.info["objective"] == "regression":
+        # Tweedie on the labels floored at zero, scaled to the net total on the calibration half
         floored = fit(new_bundle(kind, features, config, targets), np.maximum(y, 0.0), np.maximum(yv, 0.0))
         floored.info["margin_scale"] = balance_scale(yv[cal], floored.predict(Xv[cal]))
-        proto = _choose_margin_objective(proto, floored, Xv, yv)
+        # both halves of validation: early stopping read the first, the scale the second
+        proto, _ = _lower_rmse((proto, proto.predict(Xv)), (floored, floored.predict(Xv)), yv, "validation_rmse")
+        proto.info["labels_below_zero"] = int(np.sum(yv < 0))
     elif proto.info.get("objective") == "tweedie":  # least squares already matches the mean
         proto.info["margin_scale"] = balance_scale(yv[cal], proto.predict(Xv[cal]))
     logger.info("%s: %d trees on %d rows", kind.value, proto.booster.num_trees(), len(y))
     return proto
 
 
-def _choose_margin_objective(
-    least_squares: ModelBundle, tweedie: ModelBundle, X_valid: np.ndarray, y_valid: np.ndarray
-) -> ModelBundle:
+def _lower_rmse(
+    least_squares: tuple[ModelBundle, np.ndarray], floored: tuple[ModelBundle, np.ndarray], y: np.ndarray, key: str
+) -> tuple[ModelBundle, np.ndarray]:
     """Expected margin on labels with losses (returns, loss-making sales): Tweedie needs labels
-    of zero or above, so the choice is least squares on the labels as they are, or ``tweedie``,
-    fitted to the labels floored at zero and brought back to the net total by its balance scale
-    (fitted on the labels as they are). A base with returns has a few net-negative customers in a
-    zero-inflated, heavy-tailed margin, and least squares gives up the log link's shape there.
-    Whichever has the lower squared error on the validation customers, against the labels as they
-    are (both halves; early stopping read the first, the scale the second), is kept; both in
-    ``info["validation_rmse"]``."""
-    rmse = {name: float(np.sqrt(np.mean((bundle.predict(X_valid) - y_valid) ** 2)))
-            for name, bundle in (("least_squares", least_squares), ("tweedie_floored", tweedie))}
-    chosen = tweedie if rmse["tweedie_floored"] < rmse["least_squares"] else least_squares
-    chosen.info["validation_rmse"] = rmse
-    chosen.info["labels_below_zero"] = int(np.sum(y_valid < 0))
+    of zero or above, so the candidates are least squares on the labels as they are and Tweedie
+    fitted to the labels floored at zero, scaled to their net total (already, by the caller).
+    A base with returns has a few net-negative customers in a zero-inflated, heavy-tailed
+    margin, where least squares gives up the log link's shape; a margin of many losses and gains
+    is the other way round. Each comes with its predictions of rows it was not fitted on
+    (validation customers, or out of fold); the one with the lower RMSE against ``y`` is
+    returned, both RMSEs in its ``info[key]``."""
+    rmse = {name: float(np.sqrt(np.mean((pred - y) ** 2)))
+            for name, (_, pred) in (("least_squares", least_squares), ("tweedie_floored", floored))}
+    chosen = floored if rmse["tweedie_floored"] < rmse["least_squares"] else least_squares
+    chosen[0].info[key] = rmse
     return chosen
 
 
@@ -554,8 +556,8 @@ def fit_bundle_cv(
 
     Expected margin with labels below zero (returns, losses) is fitted by least squares, as
     Tweedie needs labels of zero or above; with ``floored_candidate`` the fit is also made on
-    the labels floored at zero and the better kept (:func:`_choose_floored`), as
-    :func:`fit_bundle` does on validation customers.
+    the labels floored at zero and the better kept (:func:`_lower_rmse`), as :func:`fit_bundle`
+    does on validation customers.
 
     Returns
     -------
@@ -746,27 +748,13 @@ def fit_bundle_cv(
     logger.info("%s: %d trees chosen by %d-fold cross-validation on %d rows", kind.value, best, n_folds, len(y))
     if floored_candidate and kind is ModelKind.EXPECTED_MARGIN and (y < 0).any():
         floored = frame.assign(**{label: pd.to_numeric(frame[label], errors="coerce").clip(lower=0.0)})
-        return _choose_floored((proto, oof), fit_bundle_cv(kind, floored, features, config, label=label, targets=targets,
-                                                           n_folds=n_folds, floored_candidate=False), y)
+        tweedie, tweedie_oof, _ = fit_bundle_cv(kind, floored, features, config, label=label, targets=targets,
+                                                n_folds=n_folds, floored_candidate=False)
+        # scaled out of fold to the net total of the labels as they are
+        unscaled = tweedie_oof / float(tweedie.info.get("margin_scale", 1.0))
+        tweedie.info["margin_scale"] = balance_scale(y, unscaled)
+        proto, oof = _lower_rmse((proto, oof), (tweedie, unscaled * tweedie.info["margin_scale"]), y, "cv_floored_rmse")
     return proto, oof, y
-
-
-def _choose_floored(
-    least_squares: tuple[ModelBundle, np.ndarray], floored: tuple[ModelBundle, np.ndarray, np.ndarray], y: np.ndarray
-) -> tuple[ModelBundle, np.ndarray, np.ndarray]:
-    """A margin with losses: the least-squares fit, or the fit to the labels floored at zero
-    (Tweedie, with its own choices) scaled out of fold to the net total of ``y``, whichever has
-    the lower out-of-fold RMSE against ``y`` (both in ``info["cv_floored_rmse"]``)."""
-    bundle, oof = least_squares
-    tweedie, tweedie_oof, _ = floored
-    unscaled = tweedie_oof / float(tweedie.info.get("margin_scale", 1.0))
-    tweedie.info["margin_scale"] = balance_scale(y, unscaled)
-    tweedie_oof = unscaled * tweedie.info["margin_scale"]
-    rmse = {"least_squares": float(np.sqrt(np.mean((oof - y) ** 2))),
-            "tweedie_floored": float(np.sqrt(np.mean((tweedie_oof - y) ** 2)))}
-    chosen, chosen_oof = (tweedie, tweedie_oof) if rmse["tweedie_floored"] < rmse["least_squares"] else (bundle, oof)
-    chosen.info["cv_floored_rmse"] = rmse
-    return chosen, chosen_oof, y
 
 
 # --- the baseline ----------------------------------------------------------------------------
