@@ -191,6 +191,9 @@ def validate(
     if result.return_lines:
         logger.info("transactions: %d returns or credit notes (netted against revenue and margin; not purchases)",
                     result.return_lines)
+    if result.credit_notes:
+        logger.info("invoices: %d credit notes (lowering the outstanding balance while open; not invoices)",
+                    result.credit_notes)
     if not result.ok:
         for problem in result.problems:
             console.print(f"[red]✗[/] {problem.message()}", highlight=False)

@@ -267,6 +267,9 @@ class ValidationResult:
         if self.return_lines:
             lines += ["", f"{self.return_lines} of the transactions kept are returns or credit notes (a negative "
                       "revenue or cost): they net against revenue and margin and are not purchases."]
+        if self.credit_notes:
+            lines += ["", f"{self.credit_notes} of the invoices kept are credit notes (a negative amount): they "
+                      "lower the outstanding balance while open and are no invoices to be late with or default on."]
         lines += ["", "## Problems", ""]
         if self.problems:
             lines += [f"- {p.message()}" for p in self.problems]
@@ -282,14 +285,21 @@ class ValidationResult:
             return 0
         return int(((tx["revenue"] < 0) | (tx["cost"] < 0)).sum())
 
+    @property
+    def credit_notes(self) -> int:
+        """Invoices kept that are credit notes (a negative amount, ``schema.py``)."""
+        inv = self.base.invoices
+        return 0 if inv is None or "amount" not in inv.columns else int((inv["amount"] < 0).sum())
+
     def to_dict(self) -> dict[str, Any]:
         """Return the result as a JSON-ready dict (problems, row counts, rejected counts, the
-        transactions kept that are returns)."""
+        transactions kept that are returns, the invoices kept that are credit notes)."""
         return {
             "ok": self.ok,
             "row_counts": dict(self.row_counts),
             "rejected_counts": {name: len(df) for name, df in self.rejects.items()},
             "return_lines": self.return_lines,
+            "credit_notes": self.credit_notes,
             "problems": [p.to_dict() for p in self.problems],
         }
 

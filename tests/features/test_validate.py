@@ -625,6 +625,8 @@ def test_negative_money(tmp_path: Path, fmt: str) -> None:
     assert len(result.problems) == 1
     assert_split(result, tables, "interactions", {0, 2})
     assert result.base.invoices["amount"].tolist()[1] == -7.25
+    assert result.credit_notes == 1 and result.to_dict()["credit_notes"] == 1
+    assert "1 of the invoices kept are credit notes" in result.render()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
