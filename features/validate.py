@@ -980,8 +980,9 @@ def _parse_numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def check_timezone(timezone: str | None) -> ZoneInfo | None:
-    """The IANA time zone named ``timezone`` (None for None); a clear ValueError otherwise."""
-    if timezone is None:
+    """The IANA time zone named ``timezone`` (None for None or blank: MLproject passes every
+    parameter, so no zone is ``""`` there); a clear ValueError otherwise."""
+    if timezone is None or not timezone.strip():
         return None
     try:
         return ZoneInfo(timezone)
