@@ -198,9 +198,15 @@ def write_snapshot(snapshot: pd.DataFrame, as_of: object, path: Path,
 
 
 def snapshot_set_aside(path: Path) -> str | None:
-    """The rows set aside when the snapshot at ``path`` was built ("none" when every row passed),
-    or None for a snapshot written before this was recorded."""
-    raw = (pq.read_schema(path).metadata or {}).get(SET_ASIDE_KEY)
+    """The rows set aside when the snapshot file at ``path`` was built ("none" when every row
+    passed), or None when it does not say: a snapshot written before this was recorded, or a
+    folder of parts (Spark's), whose files carry no such metadata."""
+    if not Path(path).is_file():
+        return None
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(SET_ASIDE_KEY)
+    except (OSError, pa.ArrowException):
+        return None
     return raw.decode() if raw is not None else None
 
 
