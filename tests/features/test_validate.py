@@ -968,6 +968,7 @@ def test_features_command_sets_rejects_aside_only_when_asked(tmp_path: Path) -> 
     assert CliRunner().invoke(app, ["features", "--base", str(clean), "--as-of", "2024-01-07",
                                     "--out", str(out)]).exit_code == 0
     assert snapshot_set_aside(out) == "none"
+    assert snapshot_set_aside(tmp_path) is None  # a folder of parts (Spark's) does not say
 
 
 @pytest.mark.parametrize("defect", ["a missing column", "every row of a table"])
