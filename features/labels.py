@@ -11,8 +11,8 @@ Definitions (../shared/ARCHITECTURE.md, in the time convention of ``schema.py``:
 * ``label_purchase_<category>``: 1 when the customer has a purchase of that product
   category in the horizon, else 0; every known customer.
 * ``label_default`` (bases with invoices): for a customer with at least one invoice (not a
-  credit note, ``schema.py``) issued before T, 1 when some invoice of theirs (issued at any time) reaches 90 days past due
-  inside the horizon, i.e. ``due_date + 90 days`` lies in ``[T, T + H)`` and the invoice was
+  credit note, ``schema.py``) issued before T, 1 when some invoice of theirs (issued at any
+  time) reaches 90 days past due inside the horizon, i.e. ``due_date + 90 days`` lies in ``[T, T + H)`` and the invoice was
   not paid before that day (``paid_date`` empty or ``>= due_date + 90 days``); else 0.
   NaN for a customer without an invoice before T. 90+ days past due is the usual default
   event of behavioural credit scoring (Basel II, para. 452: "obligor is past due more than

@@ -400,15 +400,17 @@ is open at T. Tests prove it: every event on or after T is deleted or rewritten 
 moves; a slow per-customer reference implementation matches the fast one on every column.
 
 Conventions: counts and sums over nothing are 0 (a customer without purchases has zero
-activity); statistics nothing defines (a recency, a mean, a share of zero revenue) are NaN;
-day differences of timestamps are fractional days, of dates whole days; an order is an
+activity); statistics nothing defines (a recency, a mean, a share of no positive revenue) are
+NaN; day differences of timestamps are fractional days, of dates whole days; an order is an
 `order_id` of a customer at one time (the lines of an order share its time; an id recorded at
-two times counts as two purchases). Columns marked *needs* are absent from snapshots of bases
+two times counts as two purchases). Returns (negative revenue or cost) net against revenue and
+margin but are no purchases; credit notes (negative invoice amounts) lower the outstanding
+balance only. Columns marked *needs* are absent from snapshots of bases
 without that optional table. `<category>` stands for each product category of the base, in
 column-name form (lower case, other characters `_`). Extra customer columns are passed
 through: text as categoricals, numbers and booleans as float64, dates as `days_since_<column>`.
-Text whose every value is a number, `true`/`false` or an ISO date counts as one (every CSV
-column is text), so a base gives the same snapshot in CSV as in Parquet.
+Text whose every value is a number, `true`/`false` or a date (ISO, or one written format)
+counts as one (every CSV column is text), so a base gives the same snapshot in CSV as in Parquet.
 
 ## How to build one
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from crmscore.bundle import ModelBundle, ModelKind
+from crmscore.features.io import set_aside_text
 from crmscore.training import evaluate as ev
 from crmscore.training import tracking
 from crmscore.training.config import TrainConfig
@@ -467,8 +468,6 @@ def train_job(
     for kind, reason in skipped.items():
         logger.warning("%s not trained: %s", kind.registered_name, reason)
     kinds = [kind for kind in kinds if kind not in skipped]
-    from crmscore.features.io import set_aside_text
-
     tracking.setup_tracking(home)
     identity = {
         "crmscore.data.base": str(Path(base_path).resolve()),

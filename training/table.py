@@ -47,7 +47,6 @@ class TableError(ValueError):
     """A table that cannot be learnt from as given; the message says what to change."""
 
 
-#: compressed CSVs (``.csv.gz``, ...): how to open one as text; read_csv infers the same from the name
 def read_table(path: Path, role: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
