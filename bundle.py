@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,6 +294,14 @@ class LogLinearBase:
     #: False: the numeric features enter as they are, not log-scaled: an additive base for a
     #: least-squares booster (expected margin in fit-table, when a straight line fits the value)
     log_scaled: bool = True
+
+    def scaled(self, factor: float) -> LogLinearBase:
+        """The same base with its raw prediction (and each of its terms) times ``factor``: the
+        GLM's share in a blend of the GLM and trees (fit-table's classifiers)."""
+        return replace(
+            self, coef=[c * factor for c in self.coef], coef_missing=[c * factor for c in self.coef_missing],
+            term_mean=[t * factor for t in self.term_mean], intercept=self.intercept * factor,
+            level_coef=[[c * factor for c in table] for table in self.level_coef])
 
     @property
     def features(self) -> list[int]:

@@ -462,7 +462,9 @@ def fit_table_command(
     smoothing = (f", identifier-like text smoothed more (cat_smooth {info['cat_smooth']:g})"
                  if tried and f"{info['cat_smooth']:g}" != tried[0] else "")
     base = ""
-    if info.get("log_linear_base"):
+    if info.get("base_blend_weight"):
+        base = f", averaged on the log-odds with a logistic GLM (weight {info['base_blend_weight']:g} on the GLM)"
+    elif info.get("log_linear_base"):
         base = ", least squares boosted from an additive GLM base" if info.get("additive_base") else ", boosted from a GLM base"
     if "cv_floored_rmse" in info:  # a margin with losses: least squares or Tweedie on the floored labels
         chosen = min(info["cv_floored_rmse"], key=info["cv_floored_rmse"].get)

@@ -410,6 +410,7 @@ def cross_fit(
                 "num_leaves": result.bundle.info.get("num_leaves"),
                 "log_linear_base": bool(result.bundle.info.get("log_linear_base", False)),
                 "cv_deviance": result.bundle.info.get("cv_deviance"),
+                "base_blend_weight": result.bundle.info.get("base_blend_weight"),
                 "fit_s": round(seconds, 2),
                 "validation": {m: float(v) for m, v in result.metrics["validation"].items()},
             }
@@ -717,7 +718,8 @@ def main() -> None:
             (
                 "crmscore GLM base chosen by CV (churn / spend, per half)",
                 " / ".join(
-                    ",".join("yes" if f["log_linear_base"] else "no" for f in crm["per_fold"][k])
+                    ",".join(f"averaged, GLM weight {f['base_blend_weight']:g}" if f.get("base_blend_weight")
+                             else "yes" if f["log_linear_base"] else "no" for f in crm["per_fold"][k])
                     for k in ("churn", "expected_margin")
                 ),
             ),

@@ -252,6 +252,7 @@ def run_table(table: Table, splits: int, work: Path) -> dict:
         row["crmscore_seconds"] = round(time.perf_counter() - start, 2)
         row["crmscore_trees"], row["crmscore_base"] = int(info["trees"]), bool(info.get("log_linear_base"))
         row["crmscore_additive"] = bool(info.get("additive_base"))  # least squares from an additive base
+        row["crmscore_blend"] = info.get("base_blend_weight")  # the GLM's weight when averaged with the trees
         row["leaves"] = info.get("num_leaves")
         row["crmscore_trees_only"] = metrics(table, y_test, crmscore(table, train, test, work, trees_only=True)[0])
         row["plain_lightgbm"] = metrics(table, y_test, plain_lightgbm(table, features_train, features_test, y_train))
@@ -284,6 +285,7 @@ def summarise(table: Table, rows: list[dict]) -> dict:
                     "difference_se": se, "met": bool(met)}
     out["base_chosen"] = sum(r["crmscore_base"] for r in rows)
     out["additive_chosen"] = sum(r["crmscore_additive"] for r in rows)
+    out["blend_weights"] = [r["crmscore_blend"] for r in rows]
     out["trees"] = [r["crmscore_trees"] for r in rows]
     return out
 
@@ -318,7 +320,8 @@ def main() -> None:
             lines.append(("check", f"crmscore vs {c['better_anchor']}, {key} {what}: {c['difference']:+.4f} "
                                    f"(se {c['difference_se']:.4f}) {'met' if c['met'] else 'MISSED'}; "
                                    f"base kept in {s['base_chosen']} of {args.splits} splits"
-                                   + ("" if table.classifier else f" (additive, least squares, in {s['additive_chosen']})")
+                                   + (f" (averaged with the trees, GLM weights {s['blend_weights']})" if table.classifier
+                                      else f" (additive, least squares, in {s['additive_chosen']})")
                                    + f", trees {s['trees']}"))
             print_table(f"{table.name} ({table.kind}, {results[table.name]['rows']} rows, "
                         f"{results[table.name]['columns']} columns, {args.splits} splits; mean ± se)", lines)

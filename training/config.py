@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,6 +96,10 @@ class TrainConfig(Strict):
     #: classifiers in fit-table: also try boosting the trees from a logistic GLM (the same
     #: base, on the log-odds) and keep it when its cross-fitted out-of-fold log loss is lower
     classifier_base: bool = True
+    #: classifiers in fit-table (with ``classifier_base``): also try the GLM and the trees alone
+    #: averaged on the log-odds, with these weights on the GLM, and keep the weight with the
+    #: lowest cross-fitted out-of-fold log loss when it beats the choice above (docs/tables.md)
+    classifier_blend_weights: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = (0.25, 0.5, 0.75)
     #: fit-table: also try trees of these numbers of leaves (besides ``lightgbm.num_leaves``),
     #: largest first, and keep the size with the lowest out-of-fold loss, on tables of up to
     #: ``leaves_search_max_rows`` rows (each size is one more cross-validation: 65 s for a
