@@ -583,7 +583,8 @@ def fit_bundle_cv(
     loss is kept; when a categorical feature reads like an identifier (:func:`identifier_like`),
     a stronger smoothing of its levels (``config.cat_smooth_search``) is tried the same way;
     then, for expected margin and classifiers, trees boosted from a GLM base are compared the
-    same way (cross-fitted). The calibrator is fitted on out-of-fold raw scores
+    same way (cross-fitted), and for classifiers also the GLM and the trees alone averaged on
+    the log-odds (:func:`_choose_blend`). The calibrator is fitted on out-of-fold raw scores
     (each from a fold booster that did not train on the row); the final booster is trained on
     every row with that many trees.
     Propensity here is one target (``targets`` of length 1), the flat-table case.
