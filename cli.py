@@ -445,6 +445,7 @@ def fit_table_command(
     """
     from crmscore.bundle import ModelKind
     from crmscore.training.table import fit_table_job
+    from crmscore.training.train import describe_choice
 
     try:
         model_kind = ModelKind.parse(kind)
@@ -457,20 +458,7 @@ def fit_table_command(
                                config=settings)
     except ValueError as exc:
         raise fail(str(exc), EXIT_INVALID_DATA) from None
-    info = result.bundle.info
-    tried = list(info.get("cv_cat_smooth", {}))  # LightGBM's default smoothing first
-    smoothing = (f", identifier-like text smoothed more (cat_smooth {info['cat_smooth']:g})"
-                 if tried and f"{info['cat_smooth']:g}" != tried[0] else "")
-    base = ""
-    if info.get("base_blend_weight"):
-        base = f", averaged on the log-odds with a logistic GLM (weight {info['base_blend_weight']:g} on the GLM)"
-    elif info.get("log_linear_base"):
-        base = ", least squares boosted from an additive GLM base" if info.get("additive_base") else ", boosted from a GLM base"
-    if "cv_floored_rmse" in info:  # a margin with losses: least squares or Tweedie on the floored labels
-        chosen = min(info["cv_floored_rmse"], key=info["cv_floored_rmse"].get)
-        base += (", Tweedie on the target floored at zero, scaled to its net total" if chosen == "tweedie_floored"
-                 else ", least squares (the target has losses)")
-    logger.info("model: %d trees of up to %s leaves%s%s", info["trees"], info.get("num_leaves", "?"), base, smoothing)
+    logger.info("model: %s", describe_choice(result.bundle.info))
     for split in ("validation", "test"):
         values = result.metrics.get(split, {})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float) and k in

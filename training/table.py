@@ -31,6 +31,7 @@ from crmscore.training.train import (
     fit_bundle_cv,
     identifier_like,
     infer_feature_set,
+    model_choice,
     predict_baseline,
 )
 
@@ -581,6 +582,7 @@ def fit_table_job(
         record = tracking.log_run(
             result.bundle,
             params={"mode": "fit-table", "target": target, "positive": positive or "", "train_rows": len(train),
+                    **{k: v for k, v in model_choice(result.bundle.info).items() if v is not None},
                     "trees": result.bundle.booster.num_trees()},
             metrics=flat,
             tags={"crmscore.mode": "fit-table", "crmscore.data.train": str(Path(train_path).resolve()),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -803,6 +804,41 @@ def fit_bundle_cv(
         tweedie.info["margin_scale"] = balance_scale(y, unscaled)
         proto, oof = _lower_rmse((proto, oof), (tweedie, unscaled * tweedie.info["margin_scale"]), y, "cv_floored_rmse")
     return proto, oof, y
+
+
+def model_choice(info: dict) -> dict[str, Any]:
+    """What :func:`fit_bundle_cv` chose, from a bundle's ``info``, for a data scientist: the
+    trees' number and size, the GLM base (``none``, ``boosted`` from it, ``averaged`` with it on
+    the log-odds at ``glm_weight``, or ``additive`` least squares), the objective, the smoothing
+    of identifier-like levels, and for a margin with losses whether Tweedie on the target floored
+    at zero won. Logged as the fit-table run's params and said by the CLI (:func:`describe_choice`)."""
+    base = ("averaged" if info.get("base_blend_weight") else "additive" if info.get("additive_base")
+            else "boosted" if info.get("log_linear_base") else "none")
+    floored = info.get("cv_floored_rmse")
+    return {
+        "trees": info.get("trees"), "num_leaves": info.get("num_leaves"), "glm_base": base,
+        "glm_weight": info.get("base_blend_weight"), "objective": info.get("objective"),
+        "cat_smooth": info.get("cat_smooth"),
+        "target_floored": None if floored is None else floored["tweedie_floored"] < floored["least_squares"],
+    }
+
+
+def describe_choice(info: dict) -> str:
+    """:func:`model_choice` in words: "200 trees of up to 31 leaves, boosted from a GLM base"."""
+    choice = model_choice(info)
+    text = f"{choice['trees']} trees of up to {choice['num_leaves'] or '?'} leaves"
+    if choice["glm_base"] == "averaged":
+        text += f", averaged on the log-odds with a logistic GLM (weight {choice['glm_weight']:g} on the GLM)"
+    else:
+        text += {"additive": ", least squares boosted from an additive GLM base",
+                 "boosted": ", boosted from a GLM base", "none": ""}[choice["glm_base"]]
+    if choice["target_floored"] is not None:  # a margin with losses
+        text += (", Tweedie on the target floored at zero, scaled to its net total" if choice["target_floored"]
+                 else ", least squares (the target has losses)")
+    tried = list(info.get("cv_cat_smooth", {}))  # LightGBM's default smoothing first
+    if tried and f"{info['cat_smooth']:g}" != tried[0]:
+        text += f", identifier-like text smoothed more (cat_smooth {info['cat_smooth']:g})"
+    return text
 
 
 # --- the baseline ----------------------------------------------------------------------------

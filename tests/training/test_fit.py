@@ -470,6 +470,17 @@ def test_fit_table_says_when_it_averages_the_glm_and_the_trees(mlflow_home, tmp_
                                    "--metrics", str(tmp_path / "m.json")])
     assert cli.exit_code == 0, cli.output
     assert "averaged on the log-odds with a logistic GLM (weight 0." in " ".join(cli.output.split())
+    # and the run in MLflow records the choice, for comparing runs in the UI
+    import mlflow
+
+    from crmscore.training import tracking
+
+    tracking.setup_tracking()
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`crmscore.mode` = 'fit-table'",
+                              order_by=["start_time DESC"], max_results=1)
+    params = runs.iloc[0]
+    assert params["params.glm_base"] == "averaged" and 0 < float(params["params.glm_weight"]) < 1
+    assert params["params.num_leaves"] in {"7", "15", "31"} and int(params["params.trees"]) > 0
 
 
 def test_blend_weights_must_lie_strictly_between_zero_and_one() -> None:

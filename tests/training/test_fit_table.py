@@ -15,6 +15,7 @@ from crmscore.bundle import ModelKind
 from crmscore.cli import app
 from crmscore.training.config import LightGBMSettings, TrainConfig
 from crmscore.training.table import TableError, fit_table, suspected_leaks
+from crmscore.training.train import describe_choice, model_choice
 
 OUTCOMES = ["churned", "defaulted", "margin_next_90d", "status"]
 
@@ -558,6 +559,8 @@ def test_a_spend_table_with_returns_can_keep_tweedie_on_the_floored_target_scale
     info = result.bundle.info
     rmse = info["cv_floored_rmse"]
     assert rmse["tweedie_floored"] < rmse["least_squares"] and info["objective"] == "tweedie"
+    assert model_choice(info)["target_floored"] is True
+    assert "Tweedie on the target floored at zero, scaled to its net total" in describe_choice(info)
     assert result.predictions["score"].min() >= 0
     assert abs(result.metrics["test"]["aggregate_error"]) < 0.05
 
@@ -578,6 +581,8 @@ def test_a_margin_of_losses_and_gains_gets_an_additive_base_and_its_defined_metr
     assert info["objective"] == "regression" and info["additive_base"] is True
     rmse = info["cv_floored_rmse"]  # Tweedie on the floored target was tried, and lost
     assert rmse["least_squares"] < rmse["tweedie_floored"]
+    assert model_choice(info)["target_floored"] is False and model_choice(info)["glm_base"] == "additive"
+    assert describe_choice(info).endswith("least squares boosted from an additive GLM base, least squares (the target has losses)")
     assert not result.bundle.base.log_scaled and "margin_scale" not in info
     assert result.predictions["score"].min() < 0  # losses are predicted as losses
     metrics = result.metrics["test"]
