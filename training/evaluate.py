@@ -565,6 +565,23 @@ def regression_oracle_ratio(
 # --------------------------------------------------------------------------- plots
 
 
+def plots(y_true: ArrayLike, pred: ArrayLike, title: str, *, classifier: bool, ks: bool = False) -> dict[str, Figure]:
+    """A model's evaluation plots, by name (logged as ``plots/<name>.png``): for a classifier
+    calibration, gain and lift, ROC and, with ``ks`` (credit risk), the KS curve; for a value,
+    predicted against actual by decile. ``title`` names the model and the rows, e.g.
+    "churn (test)": each plot's title is "churn: calibration (test)"."""
+    name, _, rows = title.partition(" (")
+    rows = f" ({rows}" if rows else ""
+    if not classifier:
+        return {"predicted_vs_actual": plot_predicted_vs_actual(y_true, pred, f"{name}: by decile{rows}")}
+    out = {"calibration": plot_calibration(y_true, pred, f"{name}: calibration{rows}"),
+           "gain": plot_gain(y_true, pred, f"{name}: gain and lift{rows}"),
+           "roc": plot_roc(y_true, pred, f"{name}: ROC{rows}")}
+    if ks:
+        out["ks"] = plot_ks(y_true, pred, f"{name}: KS{rows}")
+    return out
+
+
 def _new_figure(figsize: tuple[float, float], title: str) -> Figure:
     fig = Figure(figsize=figsize, dpi=_DPI, layout="constrained")
     fig.suptitle(title, fontsize=13)

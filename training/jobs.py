@@ -126,11 +126,7 @@ def evaluate_bundle(
             out.metrics.pop("ks", None)
             out.metrics.pop("gini", None)
         if with_plots:
-            out.figures["calibration"] = ev.plot_calibration(y, pred, f"{title}: calibration (test)")
-            out.figures["gain"] = ev.plot_gain(y, pred, f"{title}: gain and lift (test)")
-            out.figures["roc"] = ev.plot_roc(y, pred, f"{title}: ROC (test)")
-            if kind is ModelKind.CREDIT_RISK:
-                out.figures["ks"] = ev.plot_ks(y, pred, f"{title}: KS (test)")
+            out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=True, ks=kind is ModelKind.CREDIT_RISK))
         out.tables["lift"] = ev.lift_table(y, pred)
         if kind is ModelKind.CREDIT_RISK and bundle.scorecard is not None:
             points = bundle.scorecard.points(pred)
@@ -140,7 +136,7 @@ def evaluate_bundle(
     else:
         out.metrics.update(ev.regression_metrics(y, pred))
         if with_plots:
-            out.figures["predicted_vs_actual"] = ev.plot_predicted_vs_actual(y, pred, f"{title}: by decile (test)")
+            out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=False))
         out.tables["lift"] = ev.lift_table(y, pred)
     if baseline is not None and features is not None:
         base_pred = predict_baseline(baseline, kind, rows, features)

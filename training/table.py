@@ -355,6 +355,9 @@ class FitTableResult:
     run_id: str | None = None
     #: five rows as the model reads them (converted, renamed): the MLflow input example
     example: pd.DataFrame | None = None
+    #: labels and predictions the metrics were computed on, by split ("validation": out of
+    #: fold; "test": the test rows with a target), for the run's plots and lift tables
+    scored: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _config_for(n_rows: int, base: TrainConfig) -> TrainConfig:
@@ -460,6 +463,7 @@ def fit_table(
     if leaks:
         result.metrics["suspected_leaks"] = leaks
     result.metrics["validation"] = _metrics_from(kind, y_oof, oof)  # out-of-fold
+    result.scored["validation"] = (y_oof, oof[:, 0] if oof.ndim == 2 else oof)
     try:
         baseline = fit_baseline(kind, frame, fs, TARGET, config)
     except ValueError as exc:  # the baseline is a comparison, never a reason to fail the fit
@@ -474,6 +478,7 @@ def fit_table(
             y_test = encode_target(test[target], kind, positive, test_name)
             ok = ~np.isnan(y_test)
             result.metrics["test"] = _metrics_from(kind, y_test[ok], scores[ok])
+            result.scored["test"] = (y_test[ok], scores[ok])
             if baseline is not None:
                 result.metrics["test"]["baseline"] = _metrics_from(
                     kind, y_test[ok], predict_baseline(baseline, kind, test_rows, fs)[ok]
@@ -535,6 +540,24 @@ def _predict(bundle: ModelBundle, rows: pd.DataFrame) -> np.ndarray:
     return pred[:, 0] if pred.ndim == 2 else pred
 
 
+def run_plots(kind: ModelKind, result: FitTableResult) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """The plots and lift tables of a fit-table run, as ``crmscore train`` logs them: on the test
+    rows under the same names (``calibration``, ``gain``, ...), and out of fold with the suffix
+    ``_out_of_fold``. A split its metrics could not be computed on (one class) gets none."""
+    figures: dict[str, Any] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    for split, (y, pred) in result.scored.items():
+        if "error" in result.metrics.get(split, {}):
+            continue
+        suffix, rows = ("", "test") if split == "test" else ("_out_of_fold", "out of fold")
+        title = f"{kind.value.replace('_', ' ')} ({rows})"
+        for name, fig in ev.plots(y, pred, title, classifier=kind.is_classifier,
+                                  ks=kind is ModelKind.CREDIT_RISK).items():
+            figures[name + suffix] = fig
+        tables["lift" + suffix] = ev.lift_table(y, pred)
+    return figures, tables
+
+
 def _metrics_from(kind: ModelKind, y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     try:
         if kind.is_classifier:
@@ -579,6 +602,7 @@ def fit_table_job(
         tracking.setup_tracking(home)
         flat = {f"validation_{k}": v for k, v in result.metrics.get("validation", {}).items() if not isinstance(v, dict)}
         flat.update({f"test_{k}": v for k, v in result.metrics.get("test", {}).items() if not isinstance(v, dict)})
+        figures, tables = run_plots(kind, result)
         record = tracking.log_run(
             result.bundle,
             params={"mode": "fit-table", "target": target, "positive": positive or "", "train_rows": len(train),
@@ -589,9 +613,11 @@ def fit_table_job(
                   "crmscore.data.hash": tracking.frame_fingerprint(train),
                   **({"crmscore.suspected_leaks": ", ".join(result.metrics["suspected_leaks"])}
                      if "suspected_leaks" in result.metrics else {})},
-            figures={}, input_example=result.example, register=False, home=home,
+            figures=figures, tables=tables, input_example=result.example, register=False, home=home,
             run_name=f"fit-table-{Path(train_path).stem}",
         )
         result.run_id = record.run_id
+        for fig in figures.values():
+            fig.clear()
     return result
 

@@ -77,6 +77,33 @@ def test_fit_table_tracks_a_run_without_registering(customer_table, mlflow_home)
     run = mlflow.get_run(result.run_id)
     assert run.data.tags["crmscore.mode"] == "fit-table"
     assert "validation_auc" in run.data.metrics
+    # plotted like any other run: out of fold here (no test table), as PNGs, with the lift table
+    artifacts = {a.path for folder in ("plots", "tables") for a in mlflow.MlflowClient().list_artifacts(result.run_id, folder)}
+    assert artifacts == {"plots/calibration_out_of_fold.png", "plots/gain_out_of_fold.png",
+                         "plots/roc_out_of_fold.png", "tables/lift_out_of_fold.csv"}
+    png = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="plots/gain_out_of_fold.png")
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_table_plots_the_test_rows_when_they_have_the_target(customer_table, mlflow_home) -> None:
+    import mlflow
+
+    from crmscore.training import tracking
+    from crmscore.training.table import fit_table_job
+
+    for kind, target, drop in ((ModelKind.CREDIT_RISK, "defaulted", ["churned", "margin_next_90d", "status"]),
+                               (ModelKind.EXPECTED_MARGIN, "margin_next_90d", ["churned", "defaulted", "status"])):
+        train, test = split(customer_table, target, drop)
+        train.to_parquet(mlflow_home / "train.parquet", index=False)
+        test.to_parquet(mlflow_home / "test.parquet", index=False)
+        result = fit_table_job(kind, mlflow_home / "train.parquet", target, id_column="customer_id",
+                               test_path=mlflow_home / "test.parquet")
+        tracking.setup_tracking()
+        names = {a.path.split("/")[-1] for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
+        if kind.is_classifier:  # credit risk: the KS curve too; test and out of fold alike
+            assert names == {f"{p}{s}.png" for p in ("calibration", "gain", "roc", "ks") for s in ("", "_out_of_fold")}
+        else:
+            assert names == {"predicted_vs_actual.png", "predicted_vs_actual_out_of_fold.png"}
 
 
 @pytest.fixture
