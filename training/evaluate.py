@@ -50,14 +50,17 @@ __all__ = [
     "binary_metrics",
     "calibration_table",
     "expected_calibration_error",
+    "explained",
     "ks_statistic",
     "lift_table",
     "oracle_ratios",
     "plot_calibration",
     "plot_gain",
+    "plot_importance",
     "plot_ks",
     "plot_predicted_vs_actual",
     "plot_roc",
+    "plots",
     "regression_metrics",
     "regression_oracle_ratio",
     "save_figure",
@@ -822,6 +825,29 @@ def plot_predicted_vs_actual(
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper right")
     return fig
+
+
+def plot_importance(table: pd.DataFrame, title: str = "What drives the score", *, top: int = 20) -> Figure:
+    """The ``top`` features of an importance table (``ModelBundle.importance``: ``feature``,
+    ``mean_abs_contribution``, ``share``) as horizontal bars, the largest at the top."""
+    shown = table.head(top).iloc[::-1]
+    fig = _new_figure((8.0, max(3.0, 0.32 * len(shown) + 1.5)), title)
+    ax = fig.subplots()
+    ax.barh(shown["feature"], shown["mean_abs_contribution"], color=_BLUE)
+    for y, (value, share) in enumerate(zip(shown["mean_abs_contribution"], shown["share"], strict=True)):
+        ax.text(value, y, f" {share:.0%}", va="center", fontsize=9)
+    ax.set_xlabel("Mean |contribution| to the raw score (TreeSHAP)")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def explained(bundle: Any, X: NDArray[np.float64], title: str) -> tuple[pd.DataFrame, Figure]:
+    """A model's importance table (``bundle.importance(X)``: mean |TreeSHAP| on up to 1,000 of
+    the rows) and its plot, titled "<title>: what drives the score"; ``title`` as for
+    :func:`plots`, e.g. "churn (test)"."""
+    name, _, rows = title.partition(" (")
+    table = bundle.importance(X)
+    return table, plot_importance(table, f"{name}: what drives the score" + (f" ({rows}" if rows else ""))
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:

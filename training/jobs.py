@@ -118,7 +118,8 @@ def evaluate_bundle(
     y_all = _labels(test, label)
     rows = test.loc[~np.isnan(y_all)]
     y = y_all[~np.isnan(y_all)]
-    pred = bundle.predict(bundle.encode(rows))
+    X = bundle.encode(rows)
+    pred = bundle.predict(X)
     title = kind.value.replace("_", " ")
     if kind.is_classifier:
         out.metrics.update(ev.binary_metrics(y, pred))
@@ -127,6 +128,7 @@ def evaluate_bundle(
             out.metrics.pop("gini", None)
         if with_plots:
             out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=True, ks=kind is ModelKind.CREDIT_RISK))
+            out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, f"{title} (test)")
         out.tables["lift"] = ev.lift_table(y, pred)
         if kind is ModelKind.CREDIT_RISK and bundle.scorecard is not None:
             points = bundle.scorecard.points(pred)
@@ -137,6 +139,7 @@ def evaluate_bundle(
         out.metrics.update(ev.regression_metrics(y, pred))
         if with_plots:
             out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=False))
+            out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, f"{title} (test)")
         out.tables["lift"] = ev.lift_table(y, pred)
     if baseline is not None and features is not None:
         base_pred = predict_baseline(baseline, kind, rows, features)
@@ -164,7 +167,8 @@ def evaluate_bundle(
 
 def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation:
     out = Evaluation()
-    pred = bundle.predict(bundle.encode(test))
+    X = bundle.encode(test)
+    pred = bundle.predict(X)
     aucs, eces, truth_eces = [], [], []
     ratios: dict[str, list[float]] = {prefix: [] for prefix, _ in REFERENCES}
     stacked_y, stacked_p = [], []
@@ -205,6 +209,7 @@ def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation
         y, p = np.concatenate(stacked_y), np.concatenate(stacked_p)
         out.figures["calibration"] = ev.plot_calibration(y, p, "propensity: calibration, all categories (test)")
         out.figures["gain"] = ev.plot_gain(y, p, "propensity: gain, all categories (test)")
+        out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, "propensity (test)")
     return out
 
 

@@ -358,6 +358,8 @@ class FitTableResult:
     #: labels and predictions the metrics were computed on, by split ("validation": out of
     #: fold; "test": the test rows with a target), for the run's plots and lift tables
     scored: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: rows to explain the model on (the test table's, else training's), and which
+    explain: tuple[pd.DataFrame, str] | None = None
 
 
 def _config_for(n_rows: int, base: TrainConfig) -> TrainConfig:
@@ -463,6 +465,8 @@ def fit_table(
     if leaks:
         result.metrics["suspected_leaks"] = leaks
     result.metrics["validation"] = _metrics_from(kind, y_oof, oof)  # out-of-fold
+    explain_rows = _as_training_frame(test_frame, fs) if test_frame is not None else frame
+    result.explain = (explain_rows, "test" if test_frame is not None else "training rows")
     result.scored["validation"] = (y_oof, oof[:, 0] if oof.ndim == 2 else oof)
     try:
         baseline = fit_baseline(kind, frame, fs, TARGET, config)
@@ -555,6 +559,10 @@ def run_plots(kind: ModelKind, result: FitTableResult) -> tuple[dict[str, Any], 
                                   ks=kind is ModelKind.CREDIT_RISK).items():
             figures[name + suffix] = fig
         tables["lift" + suffix] = ev.lift_table(y, pred)
+    if result.explain is not None:
+        frame, rows = result.explain
+        tables["importance"], figures["importance"] = ev.explained(
+            result.bundle, result.bundle.encode(frame), f"{kind.value.replace('_', ' ')} ({rows})")
     return figures, tables
 
 

@@ -483,6 +483,28 @@ def test_fit_table_says_when_it_averages_the_glm_and_the_trees(mlflow_home, tmp_
     assert params["params.num_leaves"] in {"7", "15", "31"} and int(params["params.trees"]) > 0
 
 
+@pytest.mark.parametrize("kind", [ModelKind.CREDIT_RISK, ModelKind.PROPENSITY])
+def test_importance_ranks_what_drives_the_score(kind: ModelKind) -> None:
+    from crmscore.training.train import PropensityTarget
+
+    frame = _smooth_default_frame(2000, 0)
+    targets = [PropensityTarget("yes", "label")] if kind is ModelKind.PROPENSITY else []
+    bundle, _, _ = fit_bundle_cv(kind, frame, DEFAULT_FEATURES, TrainConfig(), label="label", targets=targets)
+    X = bundle.encode(frame)
+    table = bundle.importance(X, max_rows=500)
+    assert table["feature"].iloc[0] == "balance"  # the trend; housing's shift second, noise last of the three
+    ranked = [f for f in table["feature"] if f in ("balance", "housing", "noise")]
+    assert ranked == ["balance", "housing", "noise"]
+    assert table["share"].sum() == pytest.approx(1.0) and table["mean_abs_contribution"].is_monotonic_decreasing
+    # the mean |contribution| of the sampled rows, the GLM base's terms included (reasons' parts)
+    rows = np.sort(np.random.default_rng(0).permutation(len(X))[:500])
+    target = np.zeros(500, dtype=int) if kind is ModelKind.PROPENSITY else None
+    contrib = bundle.contributions(X[rows], target=target) if target is not None else bundle.contributions(X[rows])
+    expected = np.abs(contrib[:, :-1]).mean(axis=0)[bundle.booster_features.index("balance")]
+    assert table.set_index("feature").loc["balance", "mean_abs_contribution"] == pytest.approx(expected)
+    assert set(table["feature"]) == set(bundle.booster_features)
+
+
 def test_blend_weights_must_lie_strictly_between_zero_and_one() -> None:
     from pydantic import ValidationError
 

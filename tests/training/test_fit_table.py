@@ -80,7 +80,8 @@ def test_fit_table_tracks_a_run_without_registering(customer_table, mlflow_home)
     # plotted like any other run: out of fold here (no test table), as PNGs, with the lift table
     artifacts = {a.path for folder in ("plots", "tables") for a in mlflow.MlflowClient().list_artifacts(result.run_id, folder)}
     assert artifacts == {"plots/calibration_out_of_fold.png", "plots/gain_out_of_fold.png",
-                         "plots/roc_out_of_fold.png", "tables/lift_out_of_fold.csv"}
+                         "plots/roc_out_of_fold.png", "tables/lift_out_of_fold.csv",
+                         "plots/importance.png", "tables/importance.csv"}
     png = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="plots/gain_out_of_fold.png")
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -101,9 +102,9 @@ def test_fit_table_plots_the_test_rows_when_they_have_the_target(customer_table,
         tracking.setup_tracking()
         names = {a.path.split("/")[-1] for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
         if kind.is_classifier:  # credit risk: the KS curve too; test and out of fold alike
-            assert names == {f"{p}{s}.png" for p in ("calibration", "gain", "roc", "ks") for s in ("", "_out_of_fold")}
+            assert names == {f"{p}{s}.png" for p in ("calibration", "gain", "roc", "ks") for s in ("", "_out_of_fold")} | {"importance.png"}
         else:
-            assert names == {"predicted_vs_actual.png", "predicted_vs_actual_out_of_fold.png"}
+            assert names == {"predicted_vs_actual.png", "predicted_vs_actual_out_of_fold.png", "importance.png"}
 
 
 @pytest.fixture

@@ -40,6 +40,10 @@ def test_four_models_registered_with_champions(trained_models, champions) -> Non
         assert run.data.tags["crmscore.kind"] == kind.value
         artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
         assert artifacts, f"{kind.value} logged no plots"
+        assert "plots/importance.png" in artifacts  # what drives the score, TreeSHAP on test rows
+        importance = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="tables/importance.csv"))
+        assert list(importance.columns) == ["feature", "description", "mean_abs_contribution", "share"]
+        assert importance["share"].sum() == pytest.approx(1.0) and importance["mean_abs_contribution"].is_monotonic_decreasing
         assert champions[kind].metrics  # evaluation travels with the bundle
         card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
         assert card.startswith(f"# Model card: {kind.registered_name}")
