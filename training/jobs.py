@@ -137,10 +137,16 @@ def evaluate_bundle(
             out.tables["grades"] = table.reset_index().rename(columns={"mean": "default_rate"})
     else:
         out.metrics.update(ev.regression_metrics(y, pred))
+        positive_total = float(np.sum(y)) > 0  # deciles' shares and the aggregate error need one
+        if not positive_total:
+            logger.warning("%s: the test margins net to %g: no predicted-against-actual plot or lift table",
+                           kind.value, float(np.sum(y)))
         if with_plots:
-            out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=False))
+            if positive_total:
+                out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=False))
             out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, f"{title} (test)")
-        out.tables["lift"] = ev.lift_table(y, pred)
+        if positive_total:
+            out.tables["lift"] = ev.lift_table(y, pred)
     if baseline is not None and features is not None:
         base_pred = predict_baseline(baseline, kind, rows, features)
         if kind.is_classifier:

@@ -465,8 +465,7 @@ def fit_table(
     if leaks:
         result.metrics["suspected_leaks"] = leaks
     result.metrics["validation"] = _metrics_from(kind, y_oof, oof)  # out-of-fold
-    explain_rows = _as_training_frame(test_frame, fs) if test_frame is not None else frame
-    result.explain = (explain_rows, "test" if test_frame is not None else "training rows")
+    result.explain = (frame, "training rows")
     result.scored["validation"] = (y_oof, oof[:, 0] if oof.ndim == 2 else oof)
     try:
         baseline = fit_baseline(kind, frame, fs, TARGET, config)
@@ -476,6 +475,7 @@ def fit_table(
     if test is not None and test_frame is not None:
         test_rows = _as_training_frame(test_frame, fs)
         scores = _predict(bundle, test_rows)
+        result.explain = (test_rows, "test")
         ids = test[id_column].to_numpy() if id_column else np.arange(len(test))
         result.predictions = pd.DataFrame({id_column or "row": ids, "score": scores})
         if target in test.columns:
@@ -547,13 +547,17 @@ def _predict(bundle: ModelBundle, rows: pd.DataFrame) -> np.ndarray:
 def run_plots(kind: ModelKind, result: FitTableResult) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """The plots and lift tables of a fit-table run, as ``crmscore train`` logs them: on the test
     rows under the same names (``calibration``, ``gain``, ...), and out of fold with the suffix
-    ``_out_of_fold``. A split its metrics could not be computed on (one class) gets none."""
+    ``_out_of_fold``. A split its metrics could not be computed on (one class) gets none, and so
+    does a margin whose rows net to zero or a loss (gain and lift are shares of a positive total)."""
     figures: dict[str, Any] = {}
     tables: dict[str, pd.DataFrame] = {}
     for split, (y, pred) in result.scored.items():
         if "error" in result.metrics.get(split, {}):
             continue
         suffix, rows = ("", "test") if split == "test" else ("_out_of_fold", "out of fold")
+        if not kind.is_classifier and float(np.sum(y)) <= 0:
+            logger.info("no predicted-against-actual plot %s: the target nets to %g", rows, float(np.sum(y)))
+            continue
         title = f"{kind.value.replace('_', ' ')} ({rows})"
         for name, fig in ev.plots(y, pred, title, classifier=kind.is_classifier,
                                   ks=kind is ModelKind.CREDIT_RISK).items():

@@ -616,3 +616,16 @@ def test_a_margin_of_losses_and_gains_gets_an_additive_base_and_its_defined_metr
     metrics = result.metrics["test"]
     assert {"rmse", "mae", "spearman", "r2"} <= set(metrics) and "top20_capture" not in metrics
     assert metrics["spearman"] > 0.9
+    # the run's plots: no gain or predicted-against-actual of a total that nets to a loss, and
+    # no failure either; what drives the score is still shown
+    from crmscore.training.table import run_plots
+
+    figures, tables = run_plots(ModelKind.EXPECTED_MARGIN, result)
+    assert set(figures) == {"importance"} and set(tables) == {"importance"}
+    assert tables["importance"]["feature"].iloc[0] == "tickets"  # 45 a ticket against 12 an order
+    # crmscore train's evaluation of such a margin: its metrics, without the shares of a total
+    from crmscore.training.jobs import evaluate_bundle
+
+    evaluation = evaluate_bundle(result.bundle, test.rename(columns={"profit": "label"}), label="label")
+    assert evaluation.metrics["rmse"] > 0 and set(evaluation.figures) == {"importance"}
+    assert "lift" not in evaluation.tables
