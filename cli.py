@@ -431,6 +431,8 @@ def fit_table_command(
     test_file: Annotated[Path | None, typer.Option("--test", help="Test table with the same columns.")] = None,
     predictions: Annotated[Path | None, typer.Option("--predictions", help="Write id,score for every test row (CSV).")] = None,
     metrics: Annotated[Path | None, typer.Option("--metrics", help="Write validation and test metrics (JSON).")] = None,
+    reasons: Annotated[bool, typer.Option(
+        "--reasons", help="Add each test row's top 3 reason codes and texts to --predictions (TreeSHAP).")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Learn a model from your own featurised customer table, tracked in MLflow.
@@ -455,7 +457,7 @@ def fit_table_command(
     try:
         result = fit_table_job(model_kind, train_file, target, positive=positive, id_column=id_column,
                                test_path=test_file, predictions_path=predictions, metrics_path=metrics,
-                               config=settings)
+                               config=settings, reasons=reasons)
     except ValueError as exc:
         raise fail(str(exc), EXIT_INVALID_DATA) from None
     logger.info("model: %s", describe_choice(result.bundle.info))

@@ -544,6 +544,17 @@ def _predict(bundle: ModelBundle, rows: pd.DataFrame) -> np.ndarray:
     return pred[:, 0] if pred.ndim == 2 else pred
 
 
+def reason_columns(bundle: ModelBundle, X: np.ndarray, top: int = 3) -> pd.DataFrame:
+    """Each row's top ``top`` reasons (:meth:`ModelBundle.reasons`, TreeSHAP with the GLM base's
+    terms) as columns ``reason_code_<i>`` and ``reason_<i>``; empty where a row has fewer."""
+    rows = bundle.reasons(X, top=top)
+    out: dict[str, list[str]] = {}
+    for i in range(top):
+        out[f"reason_code_{i + 1}"] = [r[i].code if len(r) > i else "" for r in rows]
+        out[f"reason_{i + 1}"] = [r[i].text if len(r) > i else "" for r in rows]
+    return pd.DataFrame(out)
+
+
 def run_plots(kind: ModelKind, result: FitTableResult) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """The plots and lift tables of a fit-table run, as ``crmscore train`` logs them: on the test
     rows under the same names (``calibration``, ``gain``, ...), and out of fold with the suffix
@@ -592,10 +603,16 @@ def fit_table_job(
     config: TrainConfig | None = None,
     home: Path | None = None,
     track: bool = True,
+    reasons: bool = False,
 ) -> FitTableResult:
-    """``crmscore fit-table``: read, fit, write predictions and metrics, track in MLflow."""
+    """``crmscore fit-table``: read, fit, write predictions and metrics, track in MLflow.
+
+    With ``reasons`` the predictions carry each test row's top reasons, as the CRM's scores do:
+    ``reason_code_<i>`` (stable ids, e.g. ``CRD.balance.UP``) and ``reason_<i>`` (the text)."""
     from crmscore.training import tracking
 
+    if reasons and predictions_path is None:
+        raise TableError("--reasons needs --predictions: the reasons are written beside each test row's score")
     train = read_table(train_path, "train")
     test = read_table(test_path, "test") if test_path is not None else None
     result = fit_table(kind, train, target, positive=positive, id_column=id_column, test=test,
@@ -606,6 +623,8 @@ def fit_table_job(
             raise TableError("--predictions needs --test: predictions are written for the test rows")
         Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
         out = result.predictions.rename(columns={result.predictions.columns[0]: "id"})
+        if reasons and result.explain is not None:
+            out = pd.concat([out, reason_columns(result.bundle, result.bundle.encode(result.explain[0]))], axis=1)
         out.to_csv(predictions_path, index=False)
     if metrics_path is not None:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)

@@ -629,3 +629,31 @@ def test_a_margin_of_losses_and_gains_gets_an_additive_base_and_its_defined_metr
     evaluation = evaluate_bundle(result.bundle, test.rename(columns={"profit": "label"}), label="label")
     assert evaluation.metrics["rmse"] > 0 and set(evaluation.figures) == {"importance"}
     assert "lift" not in evaluation.tables
+
+
+def test_predictions_can_carry_each_rows_reasons(mlflow_home, tmp_path: Path) -> None:
+    # a default risk that rises with the days late and not with the noise: the first reason of
+    # the riskiest rows is their days late, pushing the risk up, with its stable code
+    rng = np.random.default_rng(4)
+    n = 1500
+    days_late = rng.gamma(1.5, 8.0, n)
+    table = pd.DataFrame({"id": [f"C{i:05d}" for i in range(n)], "days_late": days_late, "noise": rng.normal(size=n),
+                          "plan": rng.choice(["basic", "plus"], n),
+                          "bad": (rng.random(n) < 1 / (1 + np.exp(3.0 - 0.12 * days_late))).astype(int)})
+    table.iloc[:1000].to_csv(tmp_path / "train.csv", index=False)
+    table.iloc[1000:].drop(columns=["bad"]).to_csv(tmp_path / "test.csv", index=False)
+    args = ["fit-table", "credit_risk", "--train", str(tmp_path / "train.csv"), "--target", "bad", "--id", "id",
+            "--test", str(tmp_path / "test.csv")]
+    cli = CliRunner().invoke(app, [*args, "--predictions", str(tmp_path / "p.csv"), "--reasons"])
+    assert cli.exit_code == 0, cli.output
+    p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(p.columns) == ["id", "score", *(f"reason{s}_{i}" for i in (1, 2, 3) for s in ("_code", ""))]
+    assert p["id"].tolist() == table["id"].iloc[1000:].tolist()
+    riskiest = p.nlargest(50, "score")
+    assert (riskiest["reason_code_1"] == "CRD.days_late.UP").mean() > 0.9
+    assert riskiest["reason_1"].str.startswith("days late = ").all() and riskiest["reason_1"].str.endswith("raises default risk").all()
+    # without --reasons the file is id,score as before; --reasons needs a predictions file
+    cli = CliRunner().invoke(app, [*args, "--predictions", str(tmp_path / "plain.csv")])
+    assert cli.exit_code == 0 and list(pd.read_csv(tmp_path / "plain.csv").columns) == ["id", "score"]
+    cli = CliRunner().invoke(app, [*args, "--reasons"])
+    assert cli.exit_code != 0 and "--reasons needs --predictions" in " ".join(cli.output.split())
