@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crmscore.bundle import ModelBundle, ModelKind
+from crmscore.bundle import ModelBundle, ModelKind, Reason
 from crmscore.features.io import DECOMPRESS, csv_format, written_date_format
 from crmscore.training import evaluate as ev
 from crmscore.training.config import LightGBMSettings, TrainConfig
@@ -360,6 +360,8 @@ class FitTableResult:
     scored: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     #: rows to explain the model on (the test table's, else training's), and which
     explain: tuple[pd.DataFrame, str] | None = None
+    #: model columns that hold dates as days since 1970-01-01, shown as dates in reasons' texts
+    dates: tuple[str, ...] = ()
 
 
 def _config_for(n_rows: int, base: TrainConfig) -> TrainConfig:
@@ -466,6 +468,7 @@ def fit_table(
         result.metrics["suspected_leaks"] = leaks
     result.metrics["validation"] = _metrics_from(kind, y_oof, oof)  # out-of-fold
     result.explain = (frame, "training rows")
+    result.dates = tuple(plan.names[c] for c in plan.days if not pd.api.types.is_timedelta64_dtype(train[c]))
     result.scored["validation"] = (y_oof, oof[:, 0] if oof.ndim == 2 else oof)
     try:
         baseline = fit_baseline(kind, frame, fs, TARGET, config)
@@ -544,14 +547,23 @@ def _predict(bundle: ModelBundle, rows: pd.DataFrame) -> np.ndarray:
     return pred[:, 0] if pred.ndim == 2 else pred
 
 
-def reason_columns(bundle: ModelBundle, X: np.ndarray, top: int = 3) -> pd.DataFrame:
+def reason_columns(bundle: ModelBundle, X: np.ndarray, top: int = 3, dates: tuple[str, ...] = ()) -> pd.DataFrame:
     """Each row's top ``top`` reasons (:meth:`ModelBundle.reasons`, TreeSHAP with the GLM base's
-    terms) as columns ``reason_code_<i>`` and ``reason_<i>``; empty where a row has fewer."""
+    terms) as columns ``reason_code_<i>`` and ``reason_<i>``; empty where a row has fewer. A
+    feature in ``dates`` (days since 1970-01-01) is shown as its date: "signup = 2021-08-24"."""
+    def text(reason: Reason) -> str:
+        if reason.feature in dates and isinstance(reason.value, float) and np.isfinite(reason.value):
+            day = (EPOCH + pd.Timedelta(days=reason.value)).date().isoformat()
+            verb = reason.text.rsplit(": ", 1)[1]
+            name = bundle.descriptions.get(reason.feature, reason.feature.replace("_", " ")).split(";")[0]
+            return f"{name} = {day}: {verb}"
+        return reason.text
+
     rows = bundle.reasons(X, top=top)
     out: dict[str, list[str]] = {}
     for i in range(top):
         out[f"reason_code_{i + 1}"] = [r[i].code if len(r) > i else "" for r in rows]
-        out[f"reason_{i + 1}"] = [r[i].text if len(r) > i else "" for r in rows]
+        out[f"reason_{i + 1}"] = [text(r[i]) if len(r) > i else "" for r in rows]
     return pd.DataFrame(out)
 
 
@@ -624,7 +636,8 @@ def fit_table_job(
         Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
         out = result.predictions.rename(columns={result.predictions.columns[0]: "id"})
         if reasons and result.explain is not None:
-            out = pd.concat([out, reason_columns(result.bundle, result.bundle.encode(result.explain[0]))], axis=1)
+            reasons_of_rows = reason_columns(result.bundle, result.bundle.encode(result.explain[0]), dates=result.dates)
+            out = pd.concat([out, reasons_of_rows], axis=1)
         out.to_csv(predictions_path, index=False)
     if metrics_path is not None:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)

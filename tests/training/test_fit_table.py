@@ -657,3 +657,27 @@ def test_predictions_can_carry_each_rows_reasons(mlflow_home, tmp_path: Path) ->
     assert cli.exit_code == 0 and list(pd.read_csv(tmp_path / "plain.csv").columns) == ["id", "score"]
     cli = CliRunner().invoke(app, [*args, "--reasons"])
     assert cli.exit_code != 0 and "--reasons needs --predictions" in " ".join(cli.output.split())
+
+
+def test_a_date_in_a_reason_reads_as_a_date(tmp_path: Path) -> None:
+    # accounts opened recently default more: the opening date is the reason, shown as a date
+    from crmscore.training.table import fit_table_job
+
+    rng = np.random.default_rng(5)
+    n = 1200
+    opened = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 1500, n), unit="D")
+    age = (pd.Timestamp("2024-03-01") - opened).days.to_numpy()
+    table = pd.DataFrame({"id": np.arange(n), "opened": opened.strftime("%Y-%m-%d"), "noise": rng.normal(size=n),
+                          "bad": (rng.random(n) < 1 / (1 + np.exp(-2.0 + age / 300))).astype(int)})
+    table.iloc[:900].to_csv(tmp_path / "train.csv", index=False)
+    table.iloc[900:].to_csv(tmp_path / "test.csv", index=False)
+    fit_table_job(ModelKind.CREDIT_RISK, tmp_path / "train.csv", "bad", id_column="id", test_path=tmp_path / "test.csv",
+                  predictions_path=tmp_path / "p.csv", reasons=True, track=False)
+    p = pd.read_csv(tmp_path / "p.csv")
+    first = p.loc[p["reason_code_1"].str.startswith("CRD.opened."), "reason_1"]
+    assert len(first) > 200
+    dates = first.str.extract(r"^opened = (\d{4}-\d{2}-\d{2}): (?:raises|lowers) default risk$")[0]
+    assert dates.notna().all()
+    # each row's date is its own opening date
+    test = table.iloc[900:].set_index("id")
+    assert (dates.to_numpy() == test.loc[p.loc[first.index, "id"], "opened"].to_numpy()).all()
