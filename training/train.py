@@ -414,6 +414,7 @@ BASE_MIN_LEVEL_ROWS = 20
 def fit_log_linear_base(
     X: np.ndarray, y: np.ndarray, names: list[str], categorical: Sequence[str], power: float | None,
     *, levels: dict[str, int] | None = None, weight: np.ndarray | None = None, additive: bool = False,
+    monotone: dict[str, int] | None = None,
 ) -> LogLinearBase | None:
     """A GLM on the numeric features, log-scaled (:class:`LogLinearBase`): Tweedie with log
     link (``power``), or logistic for a 0/1 target (``power`` None); with ``additive``, least
@@ -423,12 +424,33 @@ def fit_log_linear_base(
     too, one coefficient per level of at least :data:`BASE_MIN_LEVEL_ROWS` rows; other
     categorical features are the trees' alone. Returns None when no feature varies or the fit
     fails to give finite coefficients.
+
+    ``monotone`` (feature name -> +1 or -1, the trees' constraints) holds for the base too: a
+    feature whose coefficient comes out with the other sign (collinear with its neighbours, say)
+    is left to the trees and the GLM refitted without it, so more days late never lowers the
+    risk of a model boosted from or averaged with the base either. (The transform is increasing
+    in the feature, so the coefficient's sign is the term's direction.)
     """
+    columns = [j for j, n in enumerate(names) if n not in set(categorical) and np.unique(X[~np.isnan(X[:, j]), j]).size > 1]
+    monotone = monotone or {}
+    while True:
+        base = _fit_glm_base(X, y, names, categorical, columns, power, levels or {}, weight, additive)
+        wrong = [] if base is None else [j for j, c in zip(base.columns, base.coef, strict=True)
+                                          if c * monotone.get(names[j], 0) < 0]
+        if not wrong:
+            return base
+        logger.info("GLM base: %s left to the trees (a coefficient against the monotone constraint)",
+                    ", ".join(names[j] for j in wrong))
+        columns = [j for j in columns if j not in wrong]
+
+
+def _fit_glm_base(
+    X: np.ndarray, y: np.ndarray, names: list[str], categorical: Sequence[str], columns: list[int],
+    power: float | None, levels: dict[str, int], weight: np.ndarray | None, additive: bool,
+) -> LogLinearBase | None:
+    """:func:`fit_log_linear_base` on the numeric ``columns`` (and the categorical ``levels``)."""
     from sklearn.linear_model import LogisticRegression, TweedieRegressor
 
-    levels = levels or {}
-    cats = set(categorical)
-    columns = [j for j, n in enumerate(names) if n not in cats and np.unique(X[~np.isnan(X[:, j]), j]).size > 1]
     V = X[:, columns]
     missing = np.isnan(V)
     Z = V.copy() if additive else np.sign(V) * np.log1p(np.abs(V))
@@ -703,7 +725,8 @@ def fit_bundle_cv(
         def fit(rows: np.ndarray) -> LogLinearBase | None:
             levels = None if power is not None and not additive else base_levels
             return fit_log_linear_base(X[rows], y[rows], names, categorical, power, levels=levels,
-                                       weight=None if weight is None else weight[rows], additive=additive)
+                                       weight=None if weight is None else weight[rows], additive=additive,
+                                       monotone=proto.monotone)
 
         full, per_fold = fit(np.arange(len(y))), [fit(train_idx) for train_idx, _ in folds]
         if full is None or any(b is None for b in per_fold):

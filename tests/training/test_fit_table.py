@@ -681,3 +681,31 @@ def test_a_date_in_a_reason_reads_as_a_date(tmp_path: Path) -> None:
     # each row's date is its own opening date
     test = table.iloc[900:].set_index("id")
     assert (dates.to_numpy() == test.loc[p.loc[first.index, "id"], "opened"].to_numpy()).all()
+
+
+@pytest.mark.parametrize(("kind", "target", "drop"), [
+    (ModelKind.CHURN, "churned", ["defaulted", "margin_next_90d", "status"]),
+    (ModelKind.CREDIT_RISK, "defaulted", ["churned", "margin_next_90d", "status"]),
+])
+def test_fit_table_keeps_the_kinds_monotone_constraints_with_its_glm_base(customer_table, kind, target, drop) -> None:
+    # a flat table with the catalogue's payment and recency columns gets the kind's monotone
+    # constraints; the GLM base (boosted from or averaged with) must not undo them: more days
+    # past due never lowers default risk, a more recent purchase never raises churn risk
+    train, _ = split(customer_table, target, drop)
+    result = fit_table(kind, train.reset_index(drop=True), target, id_column="customer_id")
+    bundle = result.bundle
+    assert bundle.monotone and bundle.base is not None  # the base is in play on this table
+    names = bundle.feature_names
+    for j in bundle.base.columns:  # no coefficient against a constraint
+        assert bundle.base.coef[bundle.base.columns.index(j)] * bundle.monotone.get(names[j], 0) >= 0
+    X = bundle.encode(train.head(200))
+    for feature, sign in bundle.monotone.items():
+        j = names.index(feature)
+        grid = np.nanquantile(bundle.encode(train)[:, j], np.linspace(0, 1, 12))
+        scores = []
+        for value in grid:
+            Xg = X.copy()
+            Xg[:, j] = value
+            scores.append(bundle.predict(Xg))
+        steps = np.diff(np.column_stack(scores), axis=1) * sign
+        assert steps.min() >= -1e-12, f"{feature}: the score moves against its constraint by {steps.min():g}"
