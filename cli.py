@@ -453,6 +453,11 @@ def fit_table_command(
         model_kind = ModelKind.parse(kind)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    # options that cannot work together fail before the fit, not after it
+    if predictions is not None and test_file is None:
+        raise fail("--predictions needs --test: predictions are written for the test rows")
+    if reasons and predictions is None:
+        raise fail("--reasons needs --predictions: the reasons are written beside each test row's score")
     settings = _load_training_config(config)
     try:
         result = fit_table_job(model_kind, train_file, target, positive=positive, id_column=id_column,

@@ -623,6 +623,8 @@ def fit_table_job(
     ``reason_code_<i>`` (stable ids, e.g. ``CRD.balance.UP``) and ``reason_<i>`` (the text)."""
     from crmscore.training import tracking
 
+    if predictions_path is not None and test_path is None:
+        raise TableError("--predictions needs --test: predictions are written for the test rows")
     if reasons and predictions_path is None:
         raise TableError("--reasons needs --predictions: the reasons are written beside each test row's score")
     train = read_table(train_path, "train")
@@ -631,7 +633,7 @@ def fit_table_job(
                        config=config, train_name=Path(train_path).name,
                        test_name=Path(test_path).name if test_path else "test")
     if predictions_path is not None:
-        if result.predictions is None:
+        if result.predictions is None:  # not with a test table (checked above)
             raise TableError("--predictions needs --test: predictions are written for the test rows")
         Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
         out = result.predictions.rename(columns={result.predictions.columns[0]: "id"})

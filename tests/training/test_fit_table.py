@@ -655,8 +655,14 @@ def test_predictions_can_carry_each_rows_reasons(mlflow_home, tmp_path: Path) ->
     # without --reasons the file is id,score as before; --reasons needs a predictions file
     cli = CliRunner().invoke(app, [*args, "--predictions", str(tmp_path / "plain.csv")])
     assert cli.exit_code == 0 and list(pd.read_csv(tmp_path / "plain.csv").columns) == ["id", "score"]
+    # options that cannot work together are usage errors, before any fit
     cli = CliRunner().invoke(app, [*args, "--reasons"])
-    assert cli.exit_code != 0 and "--reasons needs --predictions" in " ".join(cli.output.split())
+    assert cli.exit_code == 2 and "--reasons needs --predictions" in " ".join(cli.output.split())
+    assert "trees chosen" not in cli.output
+    no_test = [a for a in args if a not in ("--test", str(tmp_path / "test.csv"))]
+    cli = CliRunner().invoke(app, [*no_test, "--predictions", str(tmp_path / "q.csv")])
+    assert cli.exit_code == 2 and "--predictions needs --test" in " ".join(cli.output.split())
+    assert not (tmp_path / "q.csv").exists()
 
 
 def test_a_date_in_a_reason_reads_as_a_date(tmp_path: Path) -> None:
