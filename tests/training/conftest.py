@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,3 +24,23 @@ def customer_table(base_small) -> pd.DataFrame:
             table[col] = table[col].astype(object)
     table["customer_id"] = table["customer_id"].astype(str)
     return table
+
+
+def _worst_step(bundle, X: np.ndarray, feature: str, sign: int, grid: np.ndarray) -> float:
+    """Set ``feature`` of every row of ``X`` to each value of ``grid`` in turn: the largest move
+    of a row's score against ``sign`` (+1: the score may only rise with the feature) from one
+    value to the next, as a number <= 0 (0: it never moved against its constraint)."""
+    j = bundle.feature_names.index(feature)
+    scores = []
+    for value in grid:
+        Xv = X.copy()
+        Xv[:, j] = value
+        scores.append(bundle.predict(Xv))
+    return float(min(0.0, (np.diff(np.column_stack(scores), axis=1) * sign).min()))
+
+
+@pytest.fixture(scope="session")
+def worst_step() -> Callable[..., float]:
+    """``worst_step(bundle, X, feature, sign, grid)``: how far a score moves against a monotone
+    constraint when the feature sweeps ``grid`` (0 when it never does)."""
+    return _worst_step
