@@ -431,7 +431,8 @@ def fit_log_linear_base(
     risk of a model boosted from or averaged with the base either. (The transform is increasing
     in the feature, so the coefficient's sign is the term's direction.)
     """
-    columns = [j for j, n in enumerate(names) if n not in set(categorical) and np.unique(X[~np.isnan(X[:, j]), j]).size > 1]
+    cats = set(categorical)
+    columns = [j for j, n in enumerate(names) if n not in cats and np.unique(X[~np.isnan(X[:, j]), j]).size > 1]
     monotone = monotone or {}
     while True:
         base = _fit_glm_base(X, y, names, categorical, columns, power, levels or {}, weight, additive)
