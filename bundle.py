@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import lightgbm as lgb
 
 # LightGBM (which imports scikit-learn) and MLflow are imported where they are used, not here:
@@ -143,14 +145,16 @@ class Calibrator:
         return sigmoid(raw)
 
 
-def _readable(value: float | str | None) -> str:
+def _readable(value: float | str | None, *, as_date: bool = False) -> str:
     """A reason's value in its text, for people: "= 25" (not 25.0), "= 5.77", "= 2,073.73",
-    "= 846" (845.9987 days), "= 0.125", "= B2B", or "is missing". The reason's ``value``
-    field keeps the number."""
+    "= 846" (845.9987 days), "= 0.125", "= B2B", or "is missing"; ``as_date``, a number of days
+    since 1970-01-01: "= 2021-08-24". The reason's ``value`` field keeps the number."""
     if value is None:
         return "is missing"
     if isinstance(value, str):
         return f"= {value}"
+    if as_date and math.isfinite(value):
+        return f"= {np.datetime64('1970-01-01') + np.timedelta64(math.floor(value), 'D')}"
     if abs(value) < 1:
         return f"= {value:.3g}"
     return "= " + f"{value:,.2f}".rstrip("0").rstrip(".")
@@ -597,8 +601,10 @@ class ModelBundle:
         contributions: np.ndarray | None = None,
         target: np.ndarray | int | None = None,
         num_threads: int = 0,
+        dates: Collection[str] = (),
     ) -> list[list[Reason]]:
         """Top ``top`` features by absolute contribution for each row (adverse-action style).
+        A feature in ``dates`` holds days since 1970-01-01 and its text shows the date.
 
         For propensity, ``target`` selects the category, one index for all rows or one per
         row (default: each row's top category, :meth:`top_targets`); ``contributions`` is
@@ -643,7 +649,7 @@ class ModelBundle:
                 desc = self.descriptions.get(name, name.replace("_", " ")).split(";")[0]
                 verb = "raises" if c > 0 else "lowers"
                 row.append(Reason(self.reason_code(name, direction), name, direction, c, value,
-                                  f"{desc} {_readable(value)}: {verb} {noun}"))
+                                  f"{desc} {_readable(value, as_date=name in dates)}: {verb} {noun}"))
             out.append(row)
         return out
 

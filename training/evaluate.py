@@ -568,20 +568,19 @@ def regression_oracle_ratio(
 # --------------------------------------------------------------------------- plots
 
 
-def plots(y_true: ArrayLike, pred: ArrayLike, title: str, *, classifier: bool, ks: bool = False) -> dict[str, Figure]:
+def plots(y_true: ArrayLike, pred: ArrayLike, model: str, rows: str, *, classifier: bool,
+          ks: bool = False) -> dict[str, Figure]:
     """A model's evaluation plots, by name (logged as ``plots/<name>.png``): for a classifier
     calibration, gain and lift, ROC and, with ``ks`` (credit risk), the KS curve; for a value,
-    predicted against actual by decile. ``title`` names the model and the rows, e.g.
-    "churn (test)": each plot's title is "churn: calibration (test)"."""
-    name, _, rows = title.partition(" (")
-    rows = f" ({rows}" if rows else ""
+    predicted against actual by decile. Titled "<model>: calibration (<rows>)", e.g. "churn:
+    calibration (test)"."""
     if not classifier:
-        return {"predicted_vs_actual": plot_predicted_vs_actual(y_true, pred, f"{name}: by decile{rows}")}
-    out = {"calibration": plot_calibration(y_true, pred, f"{name}: calibration{rows}"),
-           "gain": plot_gain(y_true, pred, f"{name}: gain and lift{rows}"),
-           "roc": plot_roc(y_true, pred, f"{name}: ROC{rows}")}
+        return {"predicted_vs_actual": plot_predicted_vs_actual(y_true, pred, f"{model}: by decile ({rows})")}
+    out = {"calibration": plot_calibration(y_true, pred, f"{model}: calibration ({rows})"),
+           "gain": plot_gain(y_true, pred, f"{model}: gain and lift ({rows})"),
+           "roc": plot_roc(y_true, pred, f"{model}: ROC ({rows})")}
     if ks:
-        out["ks"] = plot_ks(y_true, pred, f"{name}: KS{rows}")
+        out["ks"] = plot_ks(y_true, pred, f"{model}: KS ({rows})")
     return out
 
 
@@ -841,13 +840,11 @@ def plot_importance(table: pd.DataFrame, title: str = "What drives the score", *
     return fig
 
 
-def explained(bundle: Any, X: NDArray[np.float64], title: str) -> tuple[pd.DataFrame, Figure]:
+def explained(bundle: Any, X: NDArray[np.float64], model: str, rows: str) -> tuple[pd.DataFrame, Figure]:
     """A model's importance table (``bundle.importance(X)``: mean |TreeSHAP| on up to 1,000 of
-    the rows) and its plot, titled "<title>: what drives the score"; ``title`` as for
-    :func:`plots`, e.g. "churn (test)"."""
-    name, _, rows = title.partition(" (")
+    the rows) and its plot, titled "<model>: what drives the score (<rows>)"."""
     table = bundle.importance(X)
-    return table, plot_importance(table, f"{name}: what drives the score" + (f" ({rows}" if rows else ""))
+    return table, plot_importance(table, f"{model}: what drives the score ({rows})")
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:

@@ -127,8 +127,8 @@ def evaluate_bundle(
             out.metrics.pop("ks", None)
             out.metrics.pop("gini", None)
         if with_plots:
-            out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=True, ks=kind is ModelKind.CREDIT_RISK))
-            out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, f"{title} (test)")
+            out.figures.update(ev.plots(y, pred, title, "test", classifier=True, ks=kind is ModelKind.CREDIT_RISK))
+            out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, title, "test")
         out.tables["lift"] = ev.lift_table(y, pred)
         if kind is ModelKind.CREDIT_RISK and bundle.scorecard is not None:
             points = bundle.scorecard.points(pred)
@@ -143,8 +143,8 @@ def evaluate_bundle(
                            kind.value, float(np.sum(y)))
         if with_plots:
             if positive_total:
-                out.figures.update(ev.plots(y, pred, f"{title} (test)", classifier=False))
-            out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, f"{title} (test)")
+                out.figures.update(ev.plots(y, pred, title, "test", classifier=False))
+            out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, title, "test")
         if positive_total:
             out.tables["lift"] = ev.lift_table(y, pred)
     if baseline is not None and features is not None:
@@ -215,7 +215,7 @@ def _evaluate_propensity(bundle, test, targets, truth, with_plots) -> Evaluation
         y, p = np.concatenate(stacked_y), np.concatenate(stacked_p)
         out.figures["calibration"] = ev.plot_calibration(y, p, "propensity: calibration, all categories (test)")
         out.figures["gain"] = ev.plot_gain(y, p, "propensity: gain, all categories (test)")
-        out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, "propensity (test)")
+        out.tables["importance"], out.figures["importance"] = ev.explained(bundle, X, "propensity", "test")
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crmscore.bundle import ModelBundle, ModelKind, Reason
+from crmscore.bundle import ModelBundle, ModelKind
 from crmscore.features.io import DECOMPRESS, csv_format, written_date_format
 from crmscore.training import evaluate as ev
 from crmscore.training.config import LightGBMSettings, TrainConfig
@@ -551,19 +551,11 @@ def reason_columns(bundle: ModelBundle, X: np.ndarray, top: int = 3, dates: tupl
     """Each row's top ``top`` reasons (:meth:`ModelBundle.reasons`, TreeSHAP with the GLM base's
     terms) as columns ``reason_code_<i>`` and ``reason_<i>``; empty where a row has fewer. A
     feature in ``dates`` (days since 1970-01-01) is shown as its date: "signup = 2021-08-24"."""
-    def text(reason: Reason) -> str:
-        if reason.feature in dates and isinstance(reason.value, float) and np.isfinite(reason.value):
-            day = (EPOCH + pd.Timedelta(days=reason.value)).date().isoformat()
-            verb = reason.text.rsplit(": ", 1)[1]
-            name = bundle.descriptions.get(reason.feature, reason.feature.replace("_", " ")).split(";")[0]
-            return f"{name} = {day}: {verb}"
-        return reason.text
-
-    rows = bundle.reasons(X, top=top)
+    rows = bundle.reasons(X, top=top, dates=dates)
     out: dict[str, list[str]] = {}
     for i in range(top):
         out[f"reason_code_{i + 1}"] = [r[i].code if len(r) > i else "" for r in rows]
-        out[f"reason_{i + 1}"] = [text(r[i]) if len(r) > i else "" for r in rows]
+        out[f"reason_{i + 1}"] = [r[i].text if len(r) > i else "" for r in rows]
     return pd.DataFrame(out)
 
 
@@ -574,6 +566,7 @@ def run_plots(kind: ModelKind, result: FitTableResult) -> tuple[dict[str, Any], 
     does a margin whose rows net to zero or a loss (gain and lift are shares of a positive total)."""
     figures: dict[str, Any] = {}
     tables: dict[str, pd.DataFrame] = {}
+    model = kind.value.replace("_", " ")
     for split, (y, pred) in result.scored.items():
         if "error" in result.metrics.get(split, {}):
             continue
@@ -581,15 +574,13 @@ def run_plots(kind: ModelKind, result: FitTableResult) -> tuple[dict[str, Any], 
         if not kind.is_classifier and float(np.sum(y)) <= 0:
             logger.info("no predicted-against-actual plot %s: the target nets to %g", rows, float(np.sum(y)))
             continue
-        title = f"{kind.value.replace('_', ' ')} ({rows})"
-        for name, fig in ev.plots(y, pred, title, classifier=kind.is_classifier,
+        for name, fig in ev.plots(y, pred, model, rows, classifier=kind.is_classifier,
                                   ks=kind is ModelKind.CREDIT_RISK).items():
             figures[name + suffix] = fig
         tables["lift" + suffix] = ev.lift_table(y, pred)
     if result.explain is not None:
         frame, rows = result.explain
-        tables["importance"], figures["importance"] = ev.explained(
-            result.bundle, result.bundle.encode(frame), f"{kind.value.replace('_', ' ')} ({rows})")
+        tables["importance"], figures["importance"] = ev.explained(result.bundle, result.bundle.encode(frame), model, rows)
     return figures, tables
 
 
@@ -652,8 +643,7 @@ def fit_table_job(
         record = tracking.log_run(
             result.bundle,
             params={"mode": "fit-table", "target": target, "positive": positive or "", "train_rows": len(train),
-                    **{k: v for k, v in model_choice(result.bundle.info).items() if v is not None},
-                    "trees": result.bundle.booster.num_trees()},
+                    **{k: v for k, v in model_choice(result.bundle.info).items() if v is not None}},
             metrics=flat,
             tags={"crmscore.mode": "fit-table", "crmscore.data.train": str(Path(train_path).resolve()),
                   "crmscore.data.hash": tracking.frame_fingerprint(train),
